@@ -1,0 +1,38 @@
+//! `POST /api/register/` `{"username", "password"}` → 201 with the starting balance.
+
+use lambda_http::{
+    Body, Error, Request, Response,
+    http::{Method, StatusCode},
+};
+use serde_json::json;
+
+use crate::{
+    ApiError, App, auth,
+    domain::{Password, Username},
+    http,
+};
+
+pub async fn handle(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    Ok(http::respond(register(app, &req).await))
+}
+
+async fn register(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
+    http::require_method(req, Method::POST)?;
+    let body = http::json_object(req)?;
+    let username = Username::parse(http::string_field(&body, "username")?)?;
+    let password = Password::parse(http::string_field(&body, "password")?)?;
+    let hash = auth::hash_password(password).await?;
+    let tokens = app.config.start_tokens;
+    if !app.store.create_user(&username, &hash, tokens).await? {
+        return Err(ApiError::UsernameTaken);
+    }
+    tracing::info!(user = %username.key(), tokens, "registered");
+    Ok(http::json(
+        StatusCode::CREATED,
+        &json!({
+            "message": "User registered successfully.",
+            "username": username.as_str(),
+            "tokens": tokens,
+        }),
+    ))
+}

@@ -1,0 +1,27 @@
+//! `GET /api/tokens/` → `{"tokens": <balance>}`.
+
+use lambda_http::{
+    Body, Error, Request, Response,
+    http::{Method, StatusCode},
+};
+use serde_json::json;
+
+use crate::{ApiError, App, http};
+
+pub async fn handle(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    Ok(http::respond(tokens(app, &req).await))
+}
+
+async fn tokens(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
+    http::require_method(req, Method::GET)?;
+    let user_key = app.authenticate(req).await?;
+    let balance = app
+        .store
+        .balance(&user_key)
+        .await?
+        .ok_or(ApiError::InvalidToken)?;
+    Ok(http::with_balance(
+        http::json(StatusCode::OK, &json!({ "tokens": balance })),
+        balance,
+    ))
+}

@@ -1,0 +1,128 @@
+//! Typed configuration, read from the environment once per cold start.
+
+use std::{env, fmt, str::FromStr, time::Duration};
+
+/// Settings every function needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The single DynamoDB table (`TABLE_NAME`).
+    pub table_name: String,
+    /// Credits a new account starts with (`START_TOKENS`, default 4000).
+    pub start_tokens: u64,
+    /// Credits one chat costs (`CHAT_COST`, default 100).
+    pub chat_cost: u64,
+    /// How long a login token stays valid (`TOKEN_TTL_DAYS`, default 30).
+    pub token_ttl: Duration,
+    /// Longest chat message accepted, in characters (`MAX_MESSAGE_CHARS`, default 8000).
+    pub max_message_chars: usize,
+}
+
+/// Settings of the Gemini client, read only by the chat function.
+#[derive(Debug, Clone)]
+pub struct GeminiConfig {
+    pub api_key: Secret,
+    /// `GEMINI_BASE_URL`, default `https://generativelanguage.googleapis.com`.
+    pub base_url: String,
+    /// `GEMINI_MODEL`, default `gemini-flash-latest`.
+    pub model: String,
+    /// Whole-call budget including retries (`GEMINI_TIMEOUT_MS`, default 25000: API
+    /// Gateway gives up after 29 s and the DynamoDB writes need a moment too).
+    pub timeout: Duration,
+    /// Retries after a 429 or 503 (`GEMINI_MAX_RETRIES`, default 2).
+    pub max_retries: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {var} {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let chat_cost = parse_or("CHAT_COST", 100u64)?;
+        if chat_cost == 0 {
+            return Err(ConfigError {
+                var: "CHAT_COST",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(Self {
+            table_name: required("TABLE_NAME")?,
+            start_tokens: parse_or("START_TOKENS", 4000)?,
+            chat_cost,
+            token_ttl: Duration::from_secs(parse_or("TOKEN_TTL_DAYS", 30u64)? * 86_400),
+            max_message_chars: parse_or("MAX_MESSAGE_CHARS", 8000)?,
+        })
+    }
+}
+
+impl GeminiConfig {
+    pub const DEFAULT_BASE_URL: &'static str = "https://generativelanguage.googleapis.com";
+    pub const DEFAULT_MODEL: &'static str = "gemini-flash-latest";
+
+    /// Reads everything but the key, which may come from the environment or from a
+    /// secret store (see `ChatApp::from_env`).
+    pub fn from_env(api_key: Secret) -> Result<Self, ConfigError> {
+        let base_url = optional("GEMINI_BASE_URL")
+            .unwrap_or_else(|| Self::DEFAULT_BASE_URL.to_owned())
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Self {
+            api_key,
+            base_url,
+            model: optional("GEMINI_MODEL").unwrap_or_else(|| Self::DEFAULT_MODEL.to_owned()),
+            timeout: Duration::from_millis(parse_or("GEMINI_TIMEOUT_MS", 25_000u64)?),
+            max_retries: parse_or("GEMINI_MAX_RETRIES", 2)?,
+        })
+    }
+
+    /// `GEMINI_API_KEY` from the environment, if set and not blank.
+    pub fn api_key_from_env() -> Option<Secret> {
+        optional("GEMINI_API_KEY").map(Secret::new)
+    }
+}
+
+/// A string that never shows itself in `Debug` or `Display` output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+fn optional(var: &'static str) -> Option<String> {
+    env::var(var).ok().filter(|v| !v.trim().is_empty())
+}
+
+pub(crate) fn required(var: &'static str) -> Result<String, ConfigError> {
+    optional(var).ok_or(ConfigError {
+        var,
+        reason: "is not set".into(),
+    })
+}
+
+fn parse_or<T: FromStr>(var: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match optional(var) {
+        None => Ok(default),
+        Some(raw) => raw.trim().parse().map_err(|e| ConfigError {
+            var,
+            reason: format!("is not valid ({e}): {raw:?}"),
+        }),
+    }
+}

@@ -1,0 +1,182 @@
+//! The one error type every handler returns, and its mapping to HTTP.
+//!
+//! Expected failures carry what the client needs to act on them; unexpected ones keep
+//! their cause chain for the log and reach the client as an opaque 500.
+
+use std::{error::Error as StdError, fmt, time::Duration};
+
+use lambda_http::http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use crate::gemini;
+
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("The request body is not valid JSON.")]
+    MalformedJson,
+    #[error("{message}")]
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
+    #[error("Unsupported media type {0:?}; send application/json.")]
+    UnsupportedMediaType(String),
+    #[error("The request body is larger than {limit} bytes.")]
+    PayloadTooLarge { limit: usize },
+    #[error("Method {method} is not allowed here.")]
+    MethodNotAllowed {
+        method: String,
+        allowed: &'static str,
+    },
+    #[error("Authentication credentials were not provided.")]
+    NotAuthenticated,
+    #[error("Invalid token.")]
+    InvalidToken,
+    #[error("Token has expired; log in again.")]
+    TokenExpired,
+    #[error("Invalid username or password.")]
+    InvalidCredentials,
+    #[error("A user with that username already exists.")]
+    UsernameTaken,
+    #[error("Not enough credits: a chat costs {cost} and you have {balance}.")]
+    InsufficientCredits { balance: u64, cost: u64 },
+    #[error("The model would not answer this message ({reason}); you were not charged.")]
+    ContentBlocked { reason: String },
+    #[error("{}", upstream_detail(.0))]
+    Upstream(#[source] gemini::Error),
+    #[error("Internal server error.")]
+    Internal(#[source] BoxError),
+}
+
+impl ApiError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidField {
+            field,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(err: impl Into<BoxError>) -> Self {
+        Self::Internal(err.into())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            MalformedJson | InvalidField { .. } => StatusCode::BAD_REQUEST,
+            UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            NotAuthenticated | InvalidToken | TokenExpired | InvalidCredentials => {
+                StatusCode::UNAUTHORIZED
+            }
+            UsernameTaken => StatusCode::CONFLICT,
+            InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
+            ContentBlocked { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Upstream(e) if e.is_overloaded() => StatusCode::SERVICE_UNAVAILABLE,
+            Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            Upstream(_) => StatusCode::BAD_GATEWAY,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable, machine-readable name of the error.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            MalformedJson => "malformed_json",
+            InvalidField { .. } => "invalid_field",
+            UnsupportedMediaType(_) => "unsupported_media_type",
+            PayloadTooLarge { .. } => "payload_too_large",
+            MethodNotAllowed { .. } => "method_not_allowed",
+            NotAuthenticated => "not_authenticated",
+            InvalidToken => "invalid_token",
+            TokenExpired => "token_expired",
+            InvalidCredentials => "invalid_credentials",
+            UsernameTaken => "username_taken",
+            InsufficientCredits { .. } => "insufficient_credits",
+            ContentBlocked { .. } => "content_blocked",
+            Upstream(e) if e.is_overloaded() => "model_unavailable",
+            Upstream(e) if e.is_timeout() => "model_timeout",
+            Upstream(_) => "model_error",
+            Internal(_) => "internal_error",
+        }
+    }
+
+    /// The JSON body: `{"detail", "code"}` plus whatever helps the client act.
+    pub fn body(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("detail".into(), self.to_string().into());
+        body.insert("code".into(), self.code().into());
+        match self {
+            Self::InvalidField { field, .. } => {
+                body.insert("field".into(), (*field).into());
+            }
+            Self::InsufficientCredits { balance, cost } => {
+                body.insert("tokens".into(), json!(balance));
+                body.insert("cost".into(), json!(cost));
+            }
+            _ => {}
+        }
+        Value::Object(body)
+    }
+
+    /// Headers the status calls for.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::NotAuthenticated | Self::InvalidToken | Self::TokenExpired => {
+                vec![("www-authenticate", "Token".into())]
+            }
+            Self::MethodNotAllowed { allowed, .. } => vec![("allow", (*allowed).into())],
+            Self::Upstream(e) if e.is_overloaded() => {
+                let wait = e.retry_after().unwrap_or(Duration::from_secs(5));
+                vec![("retry-after", wait.as_secs().max(1).to_string())]
+            }
+            _ => vec![],
+        }
+    }
+}
+
+impl From<gemini::Error> for ApiError {
+    fn from(err: gemini::Error) -> Self {
+        match err.blocked_reason() {
+            Some(reason) => Self::ContentBlocked {
+                reason: reason.to_owned(),
+            },
+            None => Self::Upstream(err),
+        }
+    }
+}
+
+fn upstream_detail(err: &gemini::Error) -> &'static str {
+    if err.is_overloaded() {
+        "The model is busy right now; try again shortly. You were not charged."
+    } else if err.is_timeout() {
+        "The model took too long to answer. You were not charged."
+    } else {
+        "The model failed to answer. You were not charged."
+    }
+}
+
+/// Renders an error with its whole cause chain, for logs.
+pub struct Chain<'a>(pub &'a (dyn StdError + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl From<crate::store::Error> for ApiError {
+    fn from(err: crate::store::Error) -> Self {
+        Self::Internal(err.into())
+    }
+}

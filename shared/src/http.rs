@@ -1,0 +1,136 @@
+//! Request parsing and JSON responses: the HTTP edge shared by every handler.
+
+use lambda_http::{
+    Body, Request, Response,
+    http::{HeaderValue, Method, StatusCode, header},
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::error::{ApiError, Chain};
+
+/// Largest request body accepted. Chat messages are capped well below this.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Rejects any method but `allowed` with 405 and an `Allow` header.
+pub fn require_method(req: &Request, allowed: Method) -> Result<(), ApiError> {
+    if *req.method() == allowed {
+        return Ok(());
+    }
+    Err(ApiError::MethodNotAllowed {
+        method: req.method().to_string(),
+        allowed: if allowed == Method::GET {
+            "GET"
+        } else {
+            "POST"
+        },
+    })
+}
+
+/// The request body as a JSON object.
+///
+/// A missing `Content-Type` is taken as JSON (API Gateway test events and many
+/// command-line clients send none); any other declared type is refused with 415.
+pub fn json_object(req: &Request) -> Result<Map<String, Value>, ApiError> {
+    if let Some(kind) = req.headers().get(header::CONTENT_TYPE) {
+        let kind = kind.to_str().unwrap_or("").to_ascii_lowercase();
+        let essence = kind.split(';').next().unwrap_or("").trim();
+        if !(essence == "application/json" || essence.ends_with("+json")) {
+            return Err(ApiError::UnsupportedMediaType(essence.to_owned()));
+        }
+    }
+    let bytes: &[u8] = req.body().as_ref();
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::invalid(
+            "body",
+            "The request body must be a JSON object.",
+        )),
+        Err(_) => Err(ApiError::MalformedJson),
+    }
+}
+
+/// A required string field of a JSON object.
+pub fn string_field<'a>(
+    obj: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<&'a str, ApiError> {
+    match obj.get(field) {
+        Some(Value::String(s)) => Ok(s),
+        None | Some(Value::Null) => Err(ApiError::invalid(field, format!("{field} is required."))),
+        Some(_) => Err(ApiError::invalid(
+            field,
+            format!("{field} must be a string."),
+        )),
+    }
+}
+
+/// The token from `Authorization: Token <t>` (or `Bearer <t>`).
+pub fn auth_token(req: &Request) -> Result<&str, ApiError> {
+    let value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or(ApiError::NotAuthenticated)?
+        .to_str()
+        .map_err(|_| ApiError::InvalidToken)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(ApiError::InvalidToken)?;
+    if !(scheme.eq_ignore_ascii_case("token") || scheme.eq_ignore_ascii_case("bearer")) {
+        return Err(ApiError::InvalidToken);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(ApiError::InvalidToken);
+    }
+    Ok(token)
+}
+
+/// A JSON response. Bodies are per-user data, so nothing may cache them.
+pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".to_owned());
+    let mut resp = Response::new(Body::Text(text));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Turns a handler's result into the response, logging failures by their weight.
+pub fn respond(result: Result<Response<Body>, ApiError>) -> Response<Body> {
+    let err = match result {
+        Ok(resp) => return resp,
+        Err(err) => err,
+    };
+    let status = err.status();
+    if status.is_server_error() {
+        tracing::error!(status = status.as_u16(), code = err.code(), error = %Chain(&err), "request failed");
+    } else {
+        tracing::info!(
+            status = status.as_u16(),
+            code = err.code(),
+            "request refused"
+        );
+    }
+    let mut resp = json(status, &err.body());
+    for (name, value) in err.headers() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, value);
+        }
+    }
+    resp
+}
+
+/// Adds `X-Tokens-Remaining`, the balance as of the write that produced it.
+pub fn with_balance(mut resp: Response<Body>, balance: u64) -> Response<Body> {
+    resp.headers_mut()
+        .insert("x-tokens-remaining", HeaderValue::from(balance));
+    resp
+}

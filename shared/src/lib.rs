@@ -1,0 +1,19 @@
+//! Everything the four functions share: domain rules, DynamoDB access, the Gemini
+//! client, authentication, configuration and the one error type with its HTTP mapping.
+//!
+//! Each function's `main.rs` builds an [`App`] (or [`ChatApp`]) once per cold start
+//! and hands every request to its handler in [`api`].
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod gemini;
+pub mod http;
+pub mod store;
+pub mod telemetry;
+
+pub use api::{App, ChatApp};
+pub use config::Config;
+pub use error::ApiError;

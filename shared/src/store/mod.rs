@@ -1,0 +1,185 @@
+//! DynamoDB access. One table, single-table design; every item's shape is defined
+//! here and in the submodules, nowhere else.
+//!
+//! | item    | pk                  | sk             | attributes |
+//! |---------|---------------------|----------------|------------|
+//! | user    | `USER#<name key>`   | `PROFILE`      | username, password_hash, tokens, granted, pending (map of open charges), created_at |
+//! | session | `SESSION#<sha256>`  | `SESSION`      | user_key, expires_at (TTL), created_at |
+//! | chat    | `USER#<name key>`   | `CHAT#<uuidv7>`| message, response, model, cost, state, usage, reason, created_at, settled_at |
+
+mod credits;
+mod sessions;
+mod users;
+
+use std::{
+    collections::HashMap,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aws_sdk_dynamodb::{
+    Client,
+    config::BehaviorVersion,
+    types::{
+        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+        ScalarAttributeType, TimeToLiveSpecification,
+    },
+};
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+
+pub use credits::{Answered, ChargeState, ChatRecord, Debit, OpenCharge};
+pub use sessions::Session;
+pub use users::UserCredentials;
+
+use crate::error::BoxError;
+
+/// Attribute names of the key schema and of the TTL; `template.yaml` declares the same.
+pub const PK: &str = "pk";
+pub const SK: &str = "sk";
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("DynamoDB {op} failed")]
+    Dynamo {
+        op: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error("stored item is malformed: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    fn dynamo<E>(op: &'static str) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        move |e| Self::Dynamo {
+            op,
+            source: Box::new(e),
+        }
+    }
+}
+
+/// The table and the client that reaches it. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    client: Client,
+    table: String,
+}
+
+impl Store {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// A DynamoDB client from the standard AWS environment (region, credentials,
+    /// `AWS_ENDPOINT_URL_DYNAMODB`), speaking TLS through rustls with ring.
+    pub async fn client_from_env() -> Client {
+        let https = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(https)
+            .load()
+            .await;
+        Client::new(&config)
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Creates the table (on-demand, TTL on `expires_at`) and waits until it is
+    /// usable. Deployed tables come from `template.yaml`; this serves local runs and
+    /// tests.
+    pub async fn create_table(&self) -> Result<(), Error> {
+        let attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("name and type are set")
+        };
+        let key = |name: &str, kind| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .expect("name and type are set")
+        };
+        self.client
+            .create_table()
+            .table_name(&self.table)
+            .attribute_definitions(attr(PK))
+            .attribute_definitions(attr(SK))
+            .key_schema(key(PK, KeyType::Hash))
+            .key_schema(key(SK, KeyType::Range))
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .map_err(Error::dynamo("CreateTable"))?;
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(TTL_ATTRIBUTE)
+                    .enabled(true)
+                    .build()
+                    .expect("name and flag are set"),
+            )
+            .send()
+            .await
+            .map_err(Error::dynamo("UpdateTimeToLive"))?;
+        Ok(())
+    }
+}
+
+pub(crate) fn user_pk(user_key: &str) -> AttributeValue {
+    AttributeValue::S(format!("USER#{user_key}"))
+}
+
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(crate) fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+pub(crate) fn get_s(item: &Item, name: &str) -> Result<String, Error> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v.clone()),
+        _ => Err(Error::Corrupt(format!("{name} is missing or not a string"))),
+    }
+}
+
+pub(crate) fn get_opt_s(item: &Item, name: &str) -> Option<String> {
+    match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+pub(crate) fn get_n(item: &Item, name: &str) -> Result<u64, Error> {
+    match item.get(name) {
+        Some(AttributeValue::N(v)) => v
+            .parse()
+            .map_err(|_| Error::Corrupt(format!("{name} is not a whole number: {v}"))),
+        _ => Err(Error::Corrupt(format!("{name} is missing or not a number"))),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

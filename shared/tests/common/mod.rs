@@ -1,0 +1,181 @@
+//! Helpers for tests that go through the real handlers, DynamoDB Local and the Gemini
+//! stand-in. Every test gets its own table, so tests run in parallel.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use lambda_http::{Body, Request, Response};
+use serde_json::{Value, json};
+use shared::{
+    App, ChatApp, Config,
+    config::{GeminiConfig, Secret},
+    gemini::GeminiClient,
+    store::Store,
+};
+use testkit::GeminiStandIn;
+
+pub const PASSWORD: &str = "correct horse battery";
+pub const API_KEY: &str = "test-gemini-key";
+
+/// A fresh, empty table on DynamoDB Local.
+pub async fn store() -> Store {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+        .expect("these tests need DynamoDB Local: run them with scripts/test");
+    assert!(
+        endpoint.starts_with("http://127.0.0.1") || endpoint.starts_with("http://localhost"),
+        "refusing to create test tables at {endpoint}"
+    );
+    let table = format!("test-{}", uuid::Uuid::now_v7().simple());
+    let store = Store::new(Store::client_from_env().await, table);
+    store.create_table().await.expect("create the test table");
+    store
+}
+
+pub fn config(table: &str) -> Config {
+    Config {
+        table_name: table.to_owned(),
+        start_tokens: 4000,
+        chat_cost: 100,
+        token_ttl: Duration::from_secs(30 * 86_400),
+        max_message_chars: 8000,
+    }
+}
+
+pub async fn app() -> App {
+    app_with(|_| {}).await
+}
+
+pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> App {
+    let store = store().await;
+    let mut config = config(store.table());
+    tweak(&mut config);
+    App::new(config, store)
+}
+
+pub fn gemini_config(standin: &GeminiStandIn) -> GeminiConfig {
+    GeminiConfig {
+        api_key: Secret::new(API_KEY),
+        base_url: standin.base_url(),
+        model: GeminiConfig::DEFAULT_MODEL.to_owned(),
+        timeout: Duration::from_secs(5),
+        max_retries: 2,
+    }
+}
+
+pub fn chat_app_on(app: App, gemini: GeminiConfig) -> ChatApp {
+    ChatApp::new(
+        app,
+        GeminiClient::new(gemini).expect("build the Gemini client"),
+    )
+}
+
+pub async fn chat_app(standin: &GeminiStandIn) -> ChatApp {
+    chat_app_on(app().await, gemini_config(standin))
+}
+
+/// An API Gateway REST proxy event, as API Gateway sends it, turned into the request
+/// the handler sees by `lambda_http` itself.
+pub fn event(method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Request {
+    let mut headers = json!({"Content-Type": "application/json", "Host": "api.example.com"});
+    if let Some(token) = token {
+        headers["Authorization"] = json!(format!("Token {token}"));
+    }
+    event_with(method, path, headers, body.map(|b| (b.to_owned(), false)))
+}
+
+/// Like [`event`] with explicit headers; the body may be base64-encoded.
+pub fn event_with(
+    method: &str,
+    path: &str,
+    headers: Value,
+    body: Option<(String, bool)>,
+) -> Request {
+    let multi: serde_json::Map<String, Value> = headers
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), json!([v])))
+        .collect();
+    let (body, encoded) = body.map_or((Value::Null, false), |(b, e)| (json!(b), e));
+    let event = json!({
+        "resource": path,
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": multi,
+        "queryStringParameters": null,
+        "multiValueQueryStringParameters": null,
+        "pathParameters": null,
+        "stageVariables": null,
+        "requestContext": {
+            "accountId": "123456789012",
+            "resourceId": "abc123",
+            "stage": "Prod",
+            "requestId": uuid::Uuid::now_v7().to_string(),
+            "requestTime": "24/Nov/2026:10:00:00 +0000",
+            "requestTimeEpoch": 1795514400000u64,
+            "identity": {"sourceIp": "127.0.0.1", "userAgent": "tests"},
+            "path": format!("/Prod{path}"),
+            "resourcePath": path,
+            "httpMethod": method,
+            "apiId": "1234567890",
+            "protocol": "HTTP/1.1"
+        },
+        "body": body,
+        "isBase64Encoded": encoded,
+    });
+    lambda_http::request::from_str(&event.to_string()).expect("a valid API Gateway event")
+}
+
+pub fn json_of(resp: &Response<Body>) -> Value {
+    serde_json::from_slice(resp.body().as_ref()).unwrap_or_else(|e| {
+        panic!(
+            "response body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(resp.body().as_ref())
+        )
+    })
+}
+
+pub fn header<'a>(resp: &'a Response<Body>, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+pub async fn register(app: &App, username: &str, password: &str) -> Response<Body> {
+    let body = json!({"username": username, "password": password}).to_string();
+    shared::api::register::handle(app, event("POST", "/api/register/", None, Some(&body)))
+        .await
+        .unwrap()
+}
+
+pub async fn login(app: &App, username: &str, password: &str) -> Response<Body> {
+    let body = json!({"username": username, "password": password}).to_string();
+    shared::api::login::handle(app, event("POST", "/api/login/", None, Some(&body)))
+        .await
+        .unwrap()
+}
+
+/// Registers `username` and returns a fresh login token.
+pub async fn user_token(app: &App, username: &str) -> String {
+    assert_eq!(register(app, username, PASSWORD).await.status(), 201);
+    let resp = login(app, username, PASSWORD).await;
+    assert_eq!(resp.status(), 200);
+    json_of(&resp)["token"].as_str().unwrap().to_owned()
+}
+
+pub async fn balance(app: &App, token: &str) -> u64 {
+    let resp = shared::api::tokens::handle(app, event("GET", "/api/tokens/", Some(token), None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{:?}", json_of(&resp));
+    json_of(&resp)["tokens"].as_u64().unwrap()
+}
+
+pub async fn chat(chat_app: &ChatApp, token: &str, message: &str) -> Response<Body> {
+    let body = json!({ "message": message }).to_string();
+    shared::api::chat::handle(
+        chat_app,
+        event("POST", "/api/chat/", Some(token), Some(&body)),
+    )
+    .await
+    .unwrap()
+}

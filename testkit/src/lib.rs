@@ -1,0 +1,9 @@
+//! Test support: a stand-in for the Gemini REST API that runs on loopback.
+//!
+//! It speaks the documented `v1beta` protocol — `models/{model}:generateContent`,
+//! `:streamGenerateContent?alt=sse`, the `x-goog-api-key` header, Google's error JSON —
+//! and can be told to fail in each of the ways the real service does.
+
+pub mod gemini;
+
+pub use gemini::{Behavior, GeminiStandIn};
