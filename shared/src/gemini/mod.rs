@@ -250,3 +250,80 @@ pub fn reply(resp: GenerateContentResponse, requested_model: &str) -> Result<Rep
         finish_reason,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: serde_json::Value) -> Result<Reply, Error> {
+        reply(serde_json::from_value(body).unwrap(), "gemini-flash-latest")
+    }
+
+    #[test]
+    fn answers_join_text_parts_and_skip_thoughts() {
+        let got = parse(serde_json::json!({
+            "candidates": [{"content": {"role": "model", "parts": [
+                {"text": "thinking about it", "thought": true},
+                {"text": "Paris"}, {"text": " is the capital."}
+            ]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 6,
+                              "thoughtsTokenCount": 20, "totalTokenCount": 34},
+            "modelVersion": "gemini-3-flash"
+        }))
+        .unwrap();
+        assert_eq!(got.text, "Paris is the capital.");
+        assert_eq!(got.model, "gemini-3-flash");
+        assert_eq!(
+            got.usage,
+            Usage {
+                prompt_tokens: 8,
+                response_tokens: 6,
+                thoughts_tokens: 20,
+                total_tokens: 34
+            }
+        );
+    }
+
+    #[test]
+    fn an_answer_cut_at_max_tokens_is_still_an_answer() {
+        let got = parse(serde_json::json!({
+            "candidates": [{"content": {"parts": [{"text": "Once upon"}]}, "finishReason": "MAX_TOKENS"}]
+        }))
+        .unwrap();
+        assert_eq!(got.text, "Once upon");
+        assert_eq!(got.model, "gemini-flash-latest");
+        assert_eq!(got.finish_reason.as_deref(), Some("MAX_TOKENS"));
+    }
+
+    #[test]
+    fn blocks_and_empty_answers_are_errors() {
+        let blocked =
+            parse(serde_json::json!({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}));
+        assert_eq!(
+            blocked.unwrap_err().blocked_reason(),
+            Some("PROHIBITED_CONTENT")
+        );
+        let withheld = parse(serde_json::json!({"candidates": [{"finishReason": "RECITATION"}]}));
+        assert_eq!(withheld.unwrap_err().blocked_reason(), Some("RECITATION"));
+        assert!(matches!(
+            parse(serde_json::json!({})),
+            Err(Error::Empty(None))
+        ));
+        let blank = parse(
+            serde_json::json!({"candidates": [{"content": {"parts": [{"text": " "}]}, "finishReason": "OTHER"}]}),
+        );
+        assert!(matches!(blank, Err(Error::Empty(Some(_)))));
+    }
+
+    #[test]
+    fn error_bodies_keep_status_and_retry_delay() {
+        let body = br#"{"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "22s"}]}}"#;
+        let err = api_error(429, body);
+        assert!(err.is_overloaded());
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(22)));
+        let err = api_error(502, b"<html>Bad Gateway</html>");
+        assert!(!err.is_overloaded() && !err.is_timeout());
+        assert!(err.to_string().contains("Bad Gateway"));
+    }
+}
