@@ -3,7 +3,10 @@
 //! It speaks the documented `v1beta` protocol — `models/{model}:generateContent`,
 //! `:streamGenerateContent?alt=sse`, the `x-goog-api-key` header, Google's error JSON —
 //! and can be told to fail in each of the ways the real service does.
+//!
+//! Tables for tests and local runs, created from `template.yaml` ([`table`]).
 
 pub mod gemini;
+pub mod table;
 
 pub use gemini::{Behavior, GeminiStandIn};

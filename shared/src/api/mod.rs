@@ -6,11 +6,12 @@ pub mod login;
 pub mod register;
 pub mod tokens;
 
+use aws_config::SdkConfig;
 use lambda_http::Request;
 
 use crate::{
-    auth,
-    config::{Config, GeminiConfig},
+    auth, aws,
+    config::{self, Config, GeminiConfig, Secret},
     error::{ApiError, BoxError},
     gemini::GeminiClient,
     http,
@@ -30,8 +31,12 @@ impl App {
     }
 
     pub async fn from_env() -> Result<Self, BoxError> {
+        Self::from_sdk_config(&aws::config().await)
+    }
+
+    fn from_sdk_config(sdk: &SdkConfig) -> Result<Self, BoxError> {
         let config = Config::from_env()?;
-        let store = Store::new(Store::client_from_env().await, &config.table_name);
+        let store = Store::new(aws_sdk_dynamodb::Client::new(sdk), &config.table_name);
         Ok(Self::new(config, store))
     }
 
@@ -65,9 +70,19 @@ impl ChatApp {
         Self { app, gemini }
     }
 
+    /// The Gemini key comes from `GEMINI_API_KEY` if set (local runs), otherwise from
+    /// the SSM SecureString named by `GEMINI_API_KEY_PARAMETER` (deployed stacks).
     pub async fn from_env() -> Result<Self, BoxError> {
-        let app = App::from_env().await?;
-        let key = GeminiConfig::api_key_from_env().ok_or("GEMINI_API_KEY is not set")?;
+        let sdk = aws::config().await;
+        let app = App::from_sdk_config(&sdk)?;
+        let key = match GeminiConfig::api_key_from_env() {
+            Some(key) => key,
+            None => {
+                let name = config::required("GEMINI_API_KEY_PARAMETER")
+                    .map_err(|_| "set GEMINI_API_KEY or GEMINI_API_KEY_PARAMETER")?;
+                Secret::new(aws::ssm_secure_string(&sdk, &name).await?)
+            }
+        };
         let gemini = GeminiClient::new(GeminiConfig::from_env(key)?)?;
         Ok(Self::new(app, gemini))
     }

@@ -16,15 +16,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use aws_sdk_dynamodb::{
-    Client,
-    config::BehaviorVersion,
-    types::{
-        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-        ScalarAttributeType, TimeToLiveSpecification,
-    },
-};
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_sdk_dynamodb::{Client, types::AttributeValue};
 
 pub use credits::{Answered, ChargeState, ChatRecord, Debit, OpenCharge};
 pub use sessions::Session;
@@ -32,7 +24,8 @@ pub use users::UserCredentials;
 
 use crate::error::BoxError;
 
-/// Attribute names of the key schema and of the TTL; `template.yaml` declares the same.
+/// Attribute names of the key schema and of the TTL. The table itself is defined in
+/// `template.yaml` only; tests and local runs create theirs from it.
 pub const PK: &str = "pk";
 pub const SK: &str = "sk";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
@@ -78,66 +71,12 @@ impl Store {
         }
     }
 
-    /// A DynamoDB client from the standard AWS environment (region, credentials,
-    /// `AWS_ENDPOINT_URL_DYNAMODB`), speaking TLS through rustls with ring.
-    pub async fn client_from_env() -> Client {
-        let https = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(https)
-            .load()
-            .await;
-        Client::new(&config)
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     pub fn table(&self) -> &str {
         &self.table
-    }
-
-    /// Creates the table (on-demand, TTL on `expires_at`) and waits until it is
-    /// usable. Deployed tables come from `template.yaml`; this serves local runs and
-    /// tests.
-    pub async fn create_table(&self) -> Result<(), Error> {
-        let attr = |name: &str| {
-            AttributeDefinition::builder()
-                .attribute_name(name)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("name and type are set")
-        };
-        let key = |name: &str, kind| {
-            KeySchemaElement::builder()
-                .attribute_name(name)
-                .key_type(kind)
-                .build()
-                .expect("name and type are set")
-        };
-        self.client
-            .create_table()
-            .table_name(&self.table)
-            .attribute_definitions(attr(PK))
-            .attribute_definitions(attr(SK))
-            .key_schema(key(PK, KeyType::Hash))
-            .key_schema(key(SK, KeyType::Range))
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .map_err(Error::dynamo("CreateTable"))?;
-        self.client
-            .update_time_to_live()
-            .table_name(&self.table)
-            .time_to_live_specification(
-                TimeToLiveSpecification::builder()
-                    .attribute_name(TTL_ATTRIBUTE)
-                    .enabled(true)
-                    .build()
-                    .expect("name and flag are set"),
-            )
-            .send()
-            .await
-            .map_err(Error::dynamo("UpdateTimeToLive"))?;
-        Ok(())
     }
 }
 

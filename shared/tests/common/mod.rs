@@ -12,7 +12,7 @@ use shared::{
     gemini::GeminiClient,
     store::Store,
 };
-use testkit::GeminiStandIn;
+use testkit::{GeminiStandIn, table::TableSpec};
 
 pub const PASSWORD: &str = "correct horse battery";
 pub const API_KEY: &str = "test-gemini-key";
@@ -26,9 +26,12 @@ pub async fn store() -> Store {
         "refusing to create test tables at {endpoint}"
     );
     let table = format!("test-{}", uuid::Uuid::now_v7().simple());
-    let store = Store::new(Store::client_from_env().await, table);
-    store.create_table().await.expect("create the test table");
-    store
+    let client = aws_sdk_dynamodb::Client::new(&shared::aws::config().await);
+    TableSpec::ours()
+        .create(&client, &table)
+        .await
+        .expect("create the test table");
+    Store::new(client, table)
 }
 
 pub fn config(table: &str) -> Config {

@@ -1,0 +1,154 @@
+//! Tables for tests and local runs, created from the `AWS::DynamoDB::Table` resource in
+//! `template.yaml`, so the deployed table and the local ones can't drift apart.
+
+use aws_sdk_dynamodb::{
+    Client,
+    types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        TimeToLiveSpecification,
+    },
+};
+use serde_norway::Value;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The repository's `template.yaml`.
+pub const TEMPLATE: &str = include_str!("../../template.yaml");
+
+/// What the template says the table looks like.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableSpec {
+    /// (name, type) pairs, e.g. `("pk", "S")`.
+    pub attributes: Vec<(String, String)>,
+    /// (name, `HASH` or `RANGE`) pairs.
+    pub key_schema: Vec<(String, String)>,
+    pub billing_mode: String,
+    pub ttl_attribute: Option<String>,
+}
+
+impl TableSpec {
+    /// Reads the single `AWS::DynamoDB::Table` resource of a SAM/CloudFormation template.
+    pub fn from_template(template: &str) -> Result<Self, BoxError> {
+        let doc: Value = serde_norway::from_str(template)?;
+        let resources = doc
+            .get("Resources")
+            .and_then(Value::as_mapping)
+            .ok_or("template has no Resources")?;
+        let mut tables = resources
+            .values()
+            .filter(|r| r.get("Type").and_then(Value::as_str) == Some("AWS::DynamoDB::Table"));
+        let table = tables
+            .next()
+            .ok_or("template declares no AWS::DynamoDB::Table")?;
+        if tables.next().is_some() {
+            return Err("template declares more than one table".into());
+        }
+        let props = table
+            .get("Properties")
+            .ok_or("the table has no Properties")?;
+        let pairs = |list: &str, a: &str, b: &str| -> Result<Vec<(String, String)>, BoxError> {
+            props
+                .get(list)
+                .and_then(Value::as_sequence)
+                .ok_or_else(|| format!("the table has no {list}"))?
+                .iter()
+                .map(|e| {
+                    let get = |k| e.get(k).and_then(Value::as_str).map(str::to_owned);
+                    get(a)
+                        .zip(get(b))
+                        .ok_or_else(|| format!("{list} entry lacks {a} or {b}").into())
+                })
+                .collect()
+        };
+        let ttl = props.get("TimeToLiveSpecification");
+        Ok(Self {
+            attributes: pairs("AttributeDefinitions", "AttributeName", "AttributeType")?,
+            key_schema: pairs("KeySchema", "AttributeName", "KeyType")?,
+            billing_mode: props
+                .get("BillingMode")
+                .and_then(Value::as_str)
+                .unwrap_or("PROVISIONED")
+                .to_owned(),
+            ttl_attribute: ttl
+                .filter(|t| t.get("Enabled").and_then(Value::as_bool) == Some(true))
+                .and_then(|t| t.get("AttributeName")?.as_str().map(str::to_owned)),
+        })
+    }
+
+    /// The spec of this repository's template.
+    pub fn ours() -> Self {
+        Self::from_template(TEMPLATE).expect("template.yaml declares a readable table")
+    }
+
+    /// Creates `name` with this spec and turns TTL on.
+    pub async fn create(&self, client: &Client, name: &str) -> Result<(), BoxError> {
+        let mut create = client
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::from(self.billing_mode.as_str()));
+        for (attr, kind) in &self.attributes {
+            create = create.attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(attr)
+                    .attribute_type(ScalarAttributeType::from(kind.as_str()))
+                    .build()?,
+            );
+        }
+        for (attr, kind) in &self.key_schema {
+            create = create.key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(attr)
+                    .key_type(KeyType::from(kind.as_str()))
+                    .build()?,
+            );
+        }
+        create.send().await.map_err(|e| {
+            format!(
+                "CreateTable {name}: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(e)
+            )
+        })?;
+        if let Some(attr) = &self.ttl_attribute {
+            client
+                .update_time_to_live()
+                .table_name(name)
+                .time_to_live_specification(
+                    TimeToLiveSpecification::builder()
+                        .attribute_name(attr)
+                        .enabled(true)
+                        .build()?,
+                )
+                .send()
+                .await
+                .map_err(|e| {
+                    format!(
+                        "UpdateTimeToLive {name}: {}",
+                        aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_table_matches_the_keys_the_code_uses() {
+        let spec = TableSpec::ours();
+        assert_eq!(
+            spec.key_schema,
+            vec![
+                (shared::store::PK.to_owned(), "HASH".to_owned()),
+                (shared::store::SK.to_owned(), "RANGE".to_owned())
+            ]
+        );
+        assert_eq!(
+            spec.ttl_attribute.as_deref(),
+            Some(shared::store::TTL_ATTRIBUTE)
+        );
+        assert_eq!(spec.billing_mode, "PAY_PER_REQUEST");
+    }
+}
