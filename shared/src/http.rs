@@ -29,22 +29,39 @@ pub fn require_method(req: &Request, allowed: Method) -> Result<(), ApiError> {
 
 /// The request body as a JSON object.
 ///
-/// A missing `Content-Type` is taken as JSON (API Gateway test events and many
-/// command-line clients send none); any other declared type is refused with 415.
+/// JSON is the API's language; a missing `Content-Type` is taken as JSON (API Gateway
+/// test events and many scripts send none). Form bodies are read too, as the original
+/// service's clients could send them, and a "form" whose body is a JSON object — what
+/// `curl -d '{...}'` sends when `-H 'Content-Type: application/json'` is forgotten — is
+/// read as JSON. Any other declared type is refused with 415.
 pub fn json_object(req: &Request) -> Result<Map<String, Value>, ApiError> {
-    if let Some(kind) = req.headers().get(header::CONTENT_TYPE) {
-        let kind = kind.to_str().unwrap_or("").to_ascii_lowercase();
-        let essence = kind.split(';').next().unwrap_or("").trim();
-        if !(essence == "application/json" || essence.ends_with("+json")) {
-            return Err(ApiError::UnsupportedMediaType(essence.to_owned()));
-        }
-    }
     let bytes: &[u8] = req.body().as_ref();
     if bytes.len() > MAX_BODY_BYTES {
         return Err(ApiError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
         });
     }
+    let kind = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("").to_ascii_lowercase());
+    let essence = kind
+        .as_deref()
+        .map(|k| k.split(';').next().unwrap_or("").trim());
+    match essence {
+        None | Some("application/json") => parse_json(bytes),
+        Some(e) if e.ends_with("+json") => parse_json(bytes),
+        Some("application/x-www-form-urlencoded") if bytes.trim_ascii_start().starts_with(b"{") => {
+            parse_json(bytes)
+        }
+        Some("application/x-www-form-urlencoded") => Ok(form_urlencoded::parse(bytes)
+            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+            .collect()),
+        Some(other) => Err(ApiError::UnsupportedMediaType(other.to_owned())),
+    }
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::invalid(

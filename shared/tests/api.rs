@@ -276,3 +276,32 @@ async fn paths_work_with_and_without_the_trailing_slash() {
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test]
+async fn form_bodies_work_as_they_did_in_the_original_service() {
+    let app = app().await;
+    let headers = json!({"Content-Type": "application/x-www-form-urlencoded"});
+    let body = "username=john&password=correct+horse+battery".to_owned();
+    let req = event_with(
+        "POST",
+        "/api/register/",
+        headers.clone(),
+        Some((body, false)),
+    );
+    assert_eq!(register_fn::handle(&app, req).await.unwrap().status(), 201);
+    // curl -d '{...}' without a JSON Content-Type: still understood.
+    let body = json!({"username": "john", "password": PASSWORD}).to_string();
+    let req = event_with("POST", "/api/login/", headers, Some((body, false)));
+    let resp = login_fn::handle(&app, req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+}
+
+#[tokio::test]
+async fn bodies_keep_the_original_field_order() {
+    let app = app().await;
+    let resp = register(&app, "john", PASSWORD).await;
+    assert_eq!(
+        std::str::from_utf8(resp.body().as_ref()).unwrap(),
+        r#"{"message":"User registered successfully.","username":"john","tokens":4000}"#
+    );
+}

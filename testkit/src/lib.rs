@@ -4,8 +4,10 @@
 //! `:streamGenerateContent?alt=sse`, the `x-goog-api-key` header, Google's error JSON —
 //! and can be told to fail in each of the ways the real service does.
 //!
-//! Tables for tests and local runs, created from `template.yaml` ([`table`]).
+//! Tables for tests and local runs, created from `template.yaml` ([`table`]), and the
+//! demo accounts the sample events in `events/` use ([`demo`]).
 
+pub mod demo;
 pub mod gemini;
 pub mod table;
 

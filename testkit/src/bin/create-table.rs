@@ -1,7 +1,9 @@
 //! `create-table NAME`: creates NAME from `template.yaml`'s table on the DynamoDB that the
-//! AWS environment points at (DynamoDB Local for local runs). An existing table is kept.
+//! AWS environment points at (DynamoDB Local for local runs), keeping an existing one,
+//! and seeds the demo accounts the sample events in `events/` use.
 
-use testkit::table::TableSpec;
+use shared::store::Store;
+use testkit::{demo, table::TableSpec};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -9,15 +11,35 @@ async fn main() {
         eprintln!("usage: create-table TABLE_NAME");
         std::process::exit(2);
     };
-    let client = aws_sdk_dynamodb::Client::new(&shared::aws::config().await);
-    match client.describe_table().table_name(&name).send().await {
-        Ok(_) => eprintln!("table {name} exists; keeping its data"),
-        Err(_) => match TableSpec::ours().create(&client, &name).await {
-            Ok(()) => eprintln!("created table {name} from template.yaml"),
-            Err(e) => {
-                eprintln!("create-table: {e}");
-                std::process::exit(1);
-            }
-        },
+    if let Err(e) = run(&name).await {
+        eprintln!("create-table: {e}");
+        std::process::exit(1);
     }
+}
+
+async fn run(name: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let client = aws_sdk_dynamodb::Client::new(&shared::aws::config().await);
+    if client
+        .describe_table()
+        .table_name(name)
+        .send()
+        .await
+        .is_ok()
+    {
+        eprintln!("table {name} exists; keeping its data");
+    } else {
+        TableSpec::ours().create(&client, name).await?;
+        eprintln!("created table {name} from template.yaml");
+    }
+    let config = shared::Config::from_env().ok();
+    let start_tokens = config.map_or(4000, |c| c.start_tokens);
+    demo::seed(&Store::new(client, name), start_tokens).await?;
+    eprintln!(
+        "demo users: {} / {} (token in events/chat.json) and {} ({} credits)",
+        demo::DEMO_USER,
+        demo::DEMO_PASSWORD,
+        demo::BROKE_USER,
+        demo::BROKE_TOKENS
+    );
+    Ok(())
 }

@@ -1,0 +1,60 @@
+//! Every sample event in `events/` goes through its function's handler and gets the
+//! status `events/manifest.json` promises, so the samples can't rot.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use shared::api;
+use testkit::{GeminiStandIn, demo};
+
+#[tokio::test]
+async fn every_sample_event_gets_its_documented_status() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../events");
+    let manifest: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/manifest.json")).unwrap())
+            .unwrap();
+    let listed: Vec<&str> = manifest
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".json") && n != "manifest.json")
+        .collect();
+    on_disk.sort();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted, on_disk,
+        "every event file has a manifest entry, and the reverse"
+    );
+
+    let standin = GeminiStandIn::start().await;
+    let chat_app = chat_app(&standin).await;
+    demo::seed(&chat_app.app.store, chat_app.app.config.start_tokens)
+        .await
+        .unwrap();
+
+    for entry in &manifest {
+        let file = entry["event"].as_str().unwrap();
+        let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
+        let req = lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let resp = match entry["function"].as_str().unwrap() {
+            "register" => api::register::handle(&chat_app.app, req).await,
+            "login" => api::login::handle(&chat_app.app, req).await,
+            "tokens" => api::tokens::handle(&chat_app.app, req).await,
+            "chat" => api::chat::handle(&chat_app, req).await,
+            other => panic!("{file}: unknown function {other}"),
+        }
+        .unwrap();
+        assert_eq!(
+            u64::from(resp.status().as_u16()),
+            entry["status"].as_u64().unwrap(),
+            "{file} ({}): {}",
+            entry["what"],
+            json_of(&resp)
+        );
+    }
+}
