@@ -15,6 +15,10 @@ pub struct Config {
     pub token_ttl: Duration,
     /// Longest chat message accepted, in characters (`MAX_MESSAGE_CHARS`, default 8000).
     pub max_message_chars: usize,
+    /// When an open charge counts as abandoned and is refunded (`CHARGE_TIMEOUT_SECS`,
+    /// default 60). Must exceed the chat function's timeout, so that a live request's
+    /// charge is never taken for a dead one.
+    pub charge_timeout: Duration,
 }
 
 /// Settings of the Gemini client, read only by the chat function.
@@ -54,6 +58,7 @@ impl Config {
             chat_cost,
             token_ttl: Duration::from_secs(parse_or("TOKEN_TTL_DAYS", 30u64)? * 86_400),
             max_message_chars: parse_or("MAX_MESSAGE_CHARS", 8000)?,
+            charge_timeout: Duration::from_secs(parse_or("CHARGE_TIMEOUT_SECS", 60u64)?),
         })
     }
 }

@@ -42,6 +42,10 @@ pub enum ApiError {
     UsernameTaken,
     #[error("Not enough credits: a chat costs {cost} and you have {balance}.")]
     InsufficientCredits { balance: u64, cost: u64 },
+    #[error("This Idempotency-Key was already used with a different message.")]
+    IdempotencyKeyReused,
+    #[error("A request with this Idempotency-Key is still running; retry shortly.")]
+    IdempotencyInProgress,
     #[error("The model would not answer this message ({reason}); you were not charged.")]
     ContentBlocked { reason: String },
     #[error("{}", upstream_detail(.0))]
@@ -72,7 +76,8 @@ impl ApiError {
             NotAuthenticated | InvalidToken | TokenExpired | InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            UsernameTaken => StatusCode::CONFLICT,
+            UsernameTaken | IdempotencyInProgress => StatusCode::CONFLICT,
+            IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             ContentBlocked { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Upstream(e) if e.is_overloaded() => StatusCode::SERVICE_UNAVAILABLE,
@@ -96,6 +101,8 @@ impl ApiError {
             TokenExpired => "token_expired",
             InvalidCredentials => "invalid_credentials",
             UsernameTaken => "username_taken",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            IdempotencyInProgress => "idempotency_in_progress",
             InsufficientCredits { .. } => "insufficient_credits",
             ContentBlocked { .. } => "content_blocked",
             Upstream(e) if e.is_overloaded() => "model_unavailable",
@@ -130,6 +137,7 @@ impl ApiError {
                 vec![("www-authenticate", "Token".into())]
             }
             Self::MethodNotAllowed { allowed, .. } => vec![("allow", (*allowed).into())],
+            Self::IdempotencyInProgress => vec![("retry-after", "1".into())],
             Self::Upstream(e) if e.is_overloaded() => {
                 let wait = e.retry_after().unwrap_or(Duration::from_secs(5));
                 vec![("retry-after", wait.as_secs().max(1).to_string())]

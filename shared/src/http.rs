@@ -7,7 +7,10 @@ use lambda_http::{
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::error::{ApiError, Chain};
+use crate::{
+    error::{ApiError, Chain},
+    store::StoredResponse,
+};
 
 /// Largest request body accepted. Chat messages are capped well below this.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -106,9 +109,31 @@ pub fn auth_token(req: &Request) -> Result<&str, ApiError> {
     Ok(token)
 }
 
+/// The optional `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+pub fn idempotency_key(req: &Request) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or("").trim();
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID is ideal).",
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
 /// A JSON response. Bodies are per-user data, so nothing may cache them.
 pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
-    let text = serde_json::to_string(body).unwrap_or_else(|_| "{}".to_owned());
+    json_text(
+        status,
+        serde_json::to_string(body).unwrap_or_else(|_| "{}".to_owned()),
+    )
+}
+
+/// A response whose JSON body is already serialised (kept for idempotent replays).
+pub fn json_text(status: StatusCode, text: String) -> Response<Body> {
     let mut resp = Response::new(Body::Text(text));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
@@ -122,13 +147,17 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
 
 /// Turns a handler's result into the response, logging failures by their weight.
 pub fn respond(result: Result<Response<Body>, ApiError>) -> Response<Body> {
-    let err = match result {
-        Ok(resp) => return resp,
-        Err(err) => err,
-    };
+    match result {
+        Ok(resp) => resp,
+        Err(err) => error_response(&err),
+    }
+}
+
+/// The response for an error: its status, JSON body and headers.
+pub fn error_response(err: &ApiError) -> Response<Body> {
     let status = err.status();
     if status.is_server_error() {
-        tracing::error!(status = status.as_u16(), code = err.code(), error = %Chain(&err), "request failed");
+        tracing::error!(status = status.as_u16(), code = err.code(), error = %Chain(err), "request failed");
     } else {
         tracing::info!(
             status = status.as_u16(),
@@ -149,5 +178,17 @@ pub fn respond(result: Result<Response<Body>, ApiError>) -> Response<Body> {
 pub fn with_balance(mut resp: Response<Body>, balance: u64) -> Response<Body> {
     resp.headers_mut()
         .insert("x-tokens-remaining", HeaderValue::from(balance));
+    resp
+}
+
+/// A stored response replayed for a repeated `Idempotency-Key`.
+pub fn replayed(stored: StoredResponse) -> Response<Body> {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let mut resp = json_text(status, stored.body);
+    if let Some(balance) = stored.balance {
+        resp = with_balance(resp, balance);
+    }
+    resp.headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
     resp
 }

@@ -5,6 +5,7 @@
 //! and hands every request to its handler in [`api`].
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod aws;
 pub mod config;

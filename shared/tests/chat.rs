@@ -219,6 +219,7 @@ async fn every_gemini_failure_is_refunded() {
         json_of(&chat(&chat_app, &token, "hello").await)["tokens_remaining"],
         3900
     );
+    assert_books_balance(&chat_app.app, "john").await;
 }
 
 #[tokio::test]
@@ -297,6 +298,7 @@ async fn two_hundred_concurrent_chats_spend_exactly_the_balance() {
     let chats = chat_app.app.store.chats("john").await.unwrap();
     assert_eq!(chats.len(), 40);
     assert!(chats.iter().all(|c| c.state == ChargeState::Completed));
+    assert_books_balance(&chat_app.app, "john").await;
 }
 
 /// Failures in the middle of a concurrent run: paid answers and refunds add up.
@@ -348,4 +350,5 @@ async fn concurrent_failures_refund_exactly_what_failed() {
             .count(),
         60
     );
+    assert_books_balance(&chat_app.app, "john").await;
 }

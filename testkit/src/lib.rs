@@ -5,10 +5,12 @@
 //! and can be told to fail in each of the ways the real service does.
 //!
 //! Tables for tests and local runs, created from `template.yaml` ([`table`]), and the
-//! demo accounts the sample events in `events/` use ([`demo`]).
+//! demo accounts the sample events in `events/` use ([`demo`]), and a Lambda Runtime API
+//! emulator to run the function binaries as processes ([`runtime`]).
 
 pub mod demo;
 pub mod gemini;
+pub mod runtime;
 pub mod table;
 
 pub use gemini::{Behavior, GeminiStandIn};

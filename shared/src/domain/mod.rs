@@ -135,6 +135,12 @@ impl ChatMessage {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Identifies the message without keeping it: what an idempotency key is bound to.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(self.0.as_bytes()))
+    }
 }
 
 /// What a model call consumed, as Gemini's `usageMetadata` reports it.

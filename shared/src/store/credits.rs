@@ -45,12 +45,49 @@ pub struct OpenCharge {
 
 #[derive(Debug)]
 pub enum Debit {
-    /// The cost was taken; `balance` is what is left.
-    Debited { charge: OpenCharge, balance: u64 },
+    /// The cost was taken; `balance` is what is left. `open` lists the user's other open
+    /// charges (see [`OpenCharge::is_abandoned`]).
+    Debited {
+        charge: OpenCharge,
+        balance: u64,
+        open: Vec<OpenCharge>,
+    },
     /// The balance is below the cost; nothing changed.
-    Insufficient { balance: u64 },
+    Insufficient { balance: u64, open: Vec<OpenCharge> },
     /// No such user.
     NoAccount,
+}
+
+impl OpenCharge {
+    /// A charge still open `timeout` after it was taken belongs to a request that can no
+    /// longer be running (the function's own timeout is shorter): its process died
+    /// between debit and settle.
+    pub fn is_abandoned(&self, now_millis: u64, timeout: std::time::Duration) -> bool {
+        now_millis.saturating_sub(self.opened_at) > timeout.as_millis() as u64
+    }
+}
+
+/// The user's open charges, from the `pending` map of a user item.
+pub(crate) fn open_charges(user_key: &str, item: &Item) -> Result<Vec<OpenCharge>, Error> {
+    let Some(AttributeValue::M(pending)) = item.get("pending") else {
+        return Ok(Vec::new());
+    };
+    let mut charges = pending
+        .iter()
+        .map(|(id, entry)| {
+            let AttributeValue::M(entry) = entry else {
+                return Err(Error::Corrupt(format!("open charge {id} is not a map")));
+            };
+            Ok(OpenCharge {
+                id: id.clone(),
+                user_key: user_key.to_owned(),
+                cost: get_n(entry, "cost")?,
+                opened_at: get_n(entry, "opened_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    charges.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(charges)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,18 +154,26 @@ impl Store {
             .expression_attribute_names("#charge", &charge.id)
             .expression_attribute_values(":cost", n(cost))
             .expression_attribute_values(":entry", entry)
-            .return_values(ReturnValue::UpdatedNew)
+            .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match result.map_err(|e| e.into_service_error()) {
             Ok(out) => {
-                let balance = get_n(&out.attributes.unwrap_or_default(), "tokens")?;
-                Ok(Debit::Debited { charge, balance })
+                let item = out.attributes.unwrap_or_default();
+                let balance = get_n(&item, "tokens")?;
+                let mut open = open_charges(user_key, &item)?;
+                open.retain(|c| c.id != charge.id);
+                Ok(Debit::Debited {
+                    charge,
+                    balance,
+                    open,
+                })
             }
             Err(UpdateItemError::ConditionalCheckFailedException(e)) => match e.item {
                 Some(item) => Ok(Debit::Insufficient {
                     balance: get_n(&item, "tokens")?,
+                    open: open_charges(user_key, &item)?,
                 }),
                 None => Ok(Debit::NoAccount),
             },
@@ -138,33 +183,38 @@ impl Store {
 
     /// Step 2: the model answered; close the charge and store the chat as completed.
     /// `Ok(false)`: the charge was already closed, and nothing changed.
+    /// `also` joins the same transaction (the idempotency record's outcome).
     pub async fn settle(
         &self,
         charge: &OpenCharge,
         message: &str,
         answer: Answered<'_>,
+        also: Option<TransactWriteItem>,
     ) -> Result<bool, Error> {
         let close = self.close_charge(charge, "REMOVE pending.#charge")?;
         let mut chat = chat_item(charge, message, ChargeState::Completed);
         chat.insert("response".into(), s(answer.response));
         chat.insert("model".into(), s(answer.model));
         chat.insert("usage".into(), usage_value(&answer.usage));
-        self.close(close, chat).await
+        self.close(close, chat, also).await
     }
 
     /// Step 3: the model failed; give the credits back and store the chat as refunded.
+    /// `message` is `None` for an abandoned charge, whose message died with its process.
+    /// `also` joins the same transaction (the idempotency record's outcome).
     /// `Ok(false)`: the charge was already closed, and nothing changed.
     pub async fn refund(
         &self,
         charge: &OpenCharge,
-        message: &str,
+        message: Option<&str>,
         reason: &str,
+        also: Option<TransactWriteItem>,
     ) -> Result<bool, Error> {
         let close =
             self.close_charge(charge, "SET tokens = tokens + :cost REMOVE pending.#charge")?;
-        let mut chat = chat_item(charge, message, ChargeState::Refunded);
+        let mut chat = chat_item(charge, message.unwrap_or(""), ChargeState::Refunded);
         chat.insert("reason".into(), s(reason));
-        self.close(close, chat).await
+        self.close(close, chat, also).await
     }
 
     /// The user's chats, oldest first.
@@ -205,20 +255,27 @@ impl Store {
         Ok(TransactWriteItem::builder().update(update).build())
     }
 
-    async fn close(&self, close: TransactWriteItem, chat: Item) -> Result<bool, Error> {
+    async fn close(
+        &self,
+        close: TransactWriteItem,
+        chat: Item,
+        also: Option<TransactWriteItem>,
+    ) -> Result<bool, Error> {
         let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(chat))
             .condition_expression("attribute_not_exists(pk)")
             .build()
             .map_err(Error::dynamo("build Put"))?;
-        let result = self
+        let mut request = self
             .client
             .transact_write_items()
             .transact_items(close)
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .send()
-            .await;
+            .transact_items(TransactWriteItem::builder().put(put).build());
+        if let Some(also) = also {
+            request = request.transact_items(also);
+        }
+        let result = request.send().await;
         match result.map_err(|e| e.into_service_error()) {
             Ok(_) => Ok(true),
             Err(TransactWriteItemsError::TransactionCanceledException(e))

@@ -6,8 +6,10 @@
 //! | user    | `USER#<name key>`   | `PROFILE`      | username, password_hash, tokens, granted, pending (map of open charges), created_at |
 //! | session | `SESSION#<sha256>`  | `SESSION`      | user_key, expires_at (TTL), created_at |
 //! | chat    | `USER#<name key>`   | `CHAT#<uuidv7>`| message, response, model, cost, state, usage, reason, created_at, settled_at |
+//! | idempotency | `USER#<name key>` | `IDEM#<client key>` | state, fingerprint, started_at, status, body, balance, expires_at (TTL) |
 
 mod credits;
+mod idempotency;
 mod sessions;
 mod users;
 
@@ -19,7 +21,9 @@ use std::{
 use aws_sdk_dynamodb::{Client, types::AttributeValue};
 
 pub use credits::{Answered, ChargeState, ChatRecord, Debit, OpenCharge};
+pub use idempotency::{Claim, RETENTION as IDEMPOTENCY_RETENTION, StoredResponse};
 pub use sessions::Session;
+pub use users::Ledger;
 pub use users::UserCredentials;
 
 use crate::error::BoxError;

@@ -9,6 +9,15 @@ use crate::domain::Username;
 
 pub(crate) const PROFILE: &str = "PROFILE";
 
+/// What the books of one account are checked against.
+#[derive(Debug)]
+pub struct Ledger {
+    /// Every credit ever given to the account.
+    pub granted: u64,
+    pub balance: u64,
+    pub open: Vec<super::OpenCharge>,
+}
+
 #[derive(Debug)]
 pub struct UserCredentials {
     pub username: Username,
@@ -63,6 +72,18 @@ impl Store {
             Some(item) => Ok(Some(get_n(&item, "tokens")?)),
             None => Ok(None),
         }
+    }
+
+    /// Credits granted, the balance and the open charges, read in one consistent read.
+    pub async fn ledger(&self, user_key: &str) -> Result<Option<Ledger>, Error> {
+        let Some(item) = self.get_user(user_key, "granted, tokens, pending").await? else {
+            return Ok(None);
+        };
+        Ok(Some(Ledger {
+            granted: get_n(&item, "granted")?,
+            balance: get_n(&item, "tokens")?,
+            open: super::credits::open_charges(user_key, &item)?,
+        }))
     }
 
     async fn get_user(

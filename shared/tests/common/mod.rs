@@ -41,6 +41,7 @@ pub fn config(table: &str) -> Config {
         chat_cost: 100,
         token_ttl: Duration::from_secs(30 * 86_400),
         max_message_chars: 8000,
+        charge_timeout: Duration::from_secs(60),
     }
 }
 
@@ -181,4 +182,34 @@ pub async fn chat(chat_app: &ChatApp, token: &str, message: &str) -> Response<Bo
     )
     .await
     .unwrap()
+}
+
+/// Asserts that the user's books balance, and returns them.
+pub async fn assert_books_balance(app: &App, user_key: &str) -> shared::audit::Books {
+    let books = shared::audit::audit(&app.store, user_key)
+        .await
+        .unwrap()
+        .expect("the user exists");
+    assert!(
+        books.is_balanced(),
+        "books of {user_key} do not balance:\n{books}"
+    );
+    books
+}
+
+/// A chat carrying `Idempotency-Key: key`.
+pub async fn chat_with_key(
+    chat_app: &ChatApp,
+    token: &str,
+    message: &str,
+    key: &str,
+) -> Response<Body> {
+    let headers = json!({
+        "Content-Type": "application/json",
+        "Authorization": format!("Token {token}"),
+        "Idempotency-Key": key,
+    });
+    let body = json!({ "message": message }).to_string();
+    let req = event_with("POST", "/api/chat/", headers, Some((body, false)));
+    shared::api::chat::handle(chat_app, req).await.unwrap()
 }

@@ -1,0 +1,247 @@
+//! The built `chat` binary, run as separate processes behind a Lambda Runtime API
+//! emulator, against DynamoDB Local and the Gemini stand-in: concurrency across
+//! processes, faults in the middle of a run, and a process killed mid-answer.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use serde_json::{Value, json};
+use shared::{
+    audit::{self, Books},
+    auth,
+    store::{ChargeState, Store},
+};
+use testkit::{
+    Behavior, GeminiStandIn, demo,
+    runtime::{Functions, Outcome, RuntimeApi},
+    table::TableSpec,
+};
+
+const CHAT: &str = env!("CARGO_BIN_EXE_chat");
+
+struct Setup {
+    store: Store,
+    standin: GeminiStandIn,
+    runtime: Arc<RuntimeApi>,
+    token: String,
+}
+
+/// A fresh table with `john` holding `tokens` credits, a stand-in and an emulator.
+async fn setup(tokens: u64) -> Setup {
+    let endpoint =
+        std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("run with scripts/test (DynamoDB Local)");
+    assert!(
+        endpoint.starts_with("http://127.0.0.1"),
+        "refusing to use {endpoint}"
+    );
+    let client = aws_sdk_dynamodb::Client::new(&shared::aws::config().await);
+    let table = format!("proc-{}", uuid::Uuid::now_v7().simple());
+    TableSpec::ours().create(&client, &table).await.unwrap();
+    let store = Store::new(client, table);
+    let token = auth::new_token().unwrap();
+    demo::user_with_token(&store, "john", tokens, &token)
+        .await
+        .unwrap();
+    Setup {
+        store,
+        standin: GeminiStandIn::start().await,
+        runtime: Arc::new(RuntimeApi::start().await),
+        token,
+    }
+}
+
+impl Setup {
+    fn functions(&self, count: usize, extra: &[(&str, String)]) -> Functions {
+        let mut env = vec![
+            ("TABLE_NAME", self.store.table().to_owned()),
+            ("GEMINI_API_KEY", "test-key".to_owned()),
+            ("GEMINI_BASE_URL", self.standin.base_url()),
+            ("GEMINI_TIMEOUT_MS", "1500".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ];
+        env.extend(extra.iter().cloned());
+        Functions::spawn(Path::new(CHAT), &self.runtime, count, &env)
+    }
+
+    async fn books(&self) -> Books {
+        let books = audit::audit(&self.store, "john").await.unwrap().unwrap();
+        assert!(books.is_balanced(), "the books do not balance:\n{books}");
+        books
+    }
+}
+
+/// `events/chat.json` with this token, message and, optionally, an Idempotency-Key.
+fn chat_event(token: &str, message: &str, idempotency_key: Option<&str>) -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/chat.json");
+    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut set = |name: &str, value: &str| {
+        event["headers"][name] = json!(value);
+        event["multiValueHeaders"][name] = json!([value]);
+    };
+    set("Authorization", &format!("Token {token}"));
+    set("Content-Type", "application/json");
+    if let Some(key) = idempotency_key {
+        set("Idempotency-Key", key);
+    }
+    event["body"] = json!(json!({ "message": message }).to_string());
+    event["isBase64Encoded"] = json!(false);
+    event
+}
+
+async fn invoke(runtime: &RuntimeApi, event: Value) -> Outcome {
+    tokio::time::timeout(Duration::from_secs(60), runtime.invoke(event))
+        .await
+        .expect("an answer within 60 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_chats_across_eight_processes_spend_exactly_the_balance() {
+    let setup = setup(4000).await;
+    let mut functions = setup.functions(8, &[]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let (runtime, event) = (
+            setup.runtime.clone(),
+            chat_event(&setup.token, &format!("question {i}"), None),
+        );
+        tasks.spawn(async move { invoke(&runtime, event).await.http() });
+    }
+    let (mut answered, mut refused) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            (200, _) => answered += 1,
+            (402, body) => {
+                assert_eq!(body["code"], "insufficient_credits");
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((answered, refused), (40, 160));
+    assert_eq!(functions.exited(), 0, "no process crashed");
+    assert!(setup.runtime.init_errors().is_empty());
+    assert_eq!(setup.standin.requests(), 40, "no Gemini call went unpaid");
+    let books = setup.books().await;
+    assert_eq!(
+        (books.balance, books.completed_chats, books.open_charges),
+        (0, 40, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gemini_faults_in_the_middle_of_a_run_lose_no_credit() {
+    let setup = setup(7000).await;
+    let _functions = setup.functions(8, &[]);
+    let faults = [
+        "",
+        "[standin:429]",
+        "[standin:500]",
+        "[standin:503]",
+        "[standin:timeout]",
+        "[standin:malformed]",
+        "[standin:safety]",
+        "[standin:blocked]",
+        "[standin:empty]",
+        "[standin:404]",
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..70 {
+        let message = format!("question {i} {}", faults[i % faults.len()]);
+        let (runtime, event) = (
+            setup.runtime.clone(),
+            chat_event(&setup.token, &message, None),
+        );
+        tasks.spawn(async move { invoke(&runtime, event).await.http().0 });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = tasks.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 7);
+    assert!(
+        statuses
+            .iter()
+            .all(|s| [200, 422, 502, 503, 504].contains(s)),
+        "{statuses:?}"
+    );
+    let books = setup.books().await;
+    assert_eq!(books.balance, 7000 - 7 * 100);
+    assert_eq!(
+        (
+            books.completed_chats,
+            books.refunded_chats,
+            books.open_charges
+        ),
+        (7, 63, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chat_killed_mid_answer_gets_its_credits_back() {
+    let setup = setup(4000).await;
+    // A charge counts as abandoned after 1 s here (60 s in production).
+    let fast_recovery = [("CHARGE_TIMEOUT_SECS", "1".to_owned())];
+    setup.standin.set_behavior(Behavior::Hang);
+    let mut functions = setup.functions(1, &fast_recovery);
+    let runtime = setup.runtime.clone();
+    let event = chat_event(
+        &setup.token,
+        "a question that never gets its answer",
+        Some("retry-me"),
+    );
+    let in_flight = tokio::spawn(async move { runtime.invoke(event).await });
+
+    // Wait until the process has debited and is waiting on Gemini, then kill it.
+    for _ in 0..200 {
+        if setup.standin.requests() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(setup.standin.requests(), 1, "the chat reached Gemini");
+    functions.kill_all();
+    in_flight.abort();
+
+    // The debit stands, held by an open charge: nothing is lost, the books balance.
+    let books = setup.books().await;
+    assert_eq!(
+        (books.balance, books.open, books.open_charges),
+        (3900, 100, 1)
+    );
+
+    // Past the charge timeout, the user's next request brings the credits back. The
+    // retry carries the same Idempotency-Key, whose dead claim it takes over.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    setup.standin.set_behavior(Behavior::Answer);
+    let _functions = setup.functions(1, &fast_recovery);
+    let retry = chat_event(
+        &setup.token,
+        "a question that never gets its answer",
+        Some("retry-me"),
+    );
+    let (status, body) = invoke(&setup.runtime, retry).await.http();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["tokens_remaining"], 3900,
+        "one chat paid for, the dead one refunded"
+    );
+
+    let books = setup.books().await;
+    assert_eq!(
+        (
+            books.balance,
+            books.open_charges,
+            books.completed_chats,
+            books.refunded_chats
+        ),
+        (3900, 0, 1, 1)
+    );
+    let chats = setup.store.chats("john").await.unwrap();
+    let refunded = chats
+        .iter()
+        .find(|c| c.state == ChargeState::Refunded)
+        .unwrap();
+    assert!(
+        refunded.reason.as_deref().unwrap().starts_with("abandoned"),
+        "{refunded:?}"
+    );
+}

@@ -1,0 +1,72 @@
+//! Project tasks.
+//!
+//! `cargo xtask audit <username> [--table NAME]`: checks that the account's books
+//! balance (granted = balance + settled + open) on whatever DynamoDB the standard AWS
+//! environment points at (`AWS_ENDPOINT_URL_DYNAMODB` for DynamoDB Local). The table is
+//! `--table` or `TABLE_NAME`. Exits 0 when balanced, 1 when not, 2 on usage errors.
+
+use std::process::ExitCode;
+
+use shared::{audit, domain::Username, store::Store};
+
+const USAGE: &str = "usage: cargo xtask audit <username> [--table NAME]";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("audit") => audit_command(&args[1..]).await,
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn audit_command(args: &[String]) -> ExitCode {
+    let (mut user, mut table) = (None, std::env::var("TABLE_NAME").ok());
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--table" => table = args.next().cloned(),
+            other if user.is_none() && !other.starts_with('-') => user = Some(other.to_owned()),
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(user), Some(table)) = (user, table) else {
+        eprintln!("{USAGE}\n(the table comes from --table or TABLE_NAME)");
+        return ExitCode::from(2);
+    };
+    let key = match Username::parse(&user) {
+        Ok(name) => name.key(),
+        Err(e) => {
+            eprintln!("{user:?}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let store = Store::new(
+        aws_sdk_dynamodb::Client::new(&shared::aws::config().await),
+        table,
+    );
+    match audit::audit(&store, &key).await {
+        Ok(Some(books)) => {
+            println!("books of {user} in {}:\n{books}", store.table());
+            if books.is_balanced() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Ok(None) => {
+            eprintln!("no account {user:?} in {}", store.table());
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("audit failed: {}", shared::error::Chain(&e));
+            ExitCode::from(2)
+        }
+    }
+}
