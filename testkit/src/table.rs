@@ -131,6 +131,24 @@ impl TableSpec {
     }
 }
 
+/// A store on a new, empty table named `<prefix>-<uuid>` on DynamoDB Local, for a test.
+/// Refuses any endpoint but loopback, so a test can never create tables on AWS.
+pub async fn local_store(prefix: &str) -> shared::store::Store {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+        .expect("these tests need DynamoDB Local: run them with scripts/test");
+    assert!(
+        endpoint.starts_with("http://127.0.0.1") || endpoint.starts_with("http://localhost"),
+        "refusing to create test tables at {endpoint}"
+    );
+    let client = Client::new(&shared::aws::config().await);
+    let table = format!("{prefix}-{}", uuid::Uuid::now_v7().simple());
+    TableSpec::ours()
+        .create(&client, &table)
+        .await
+        .expect("create the test table");
+    shared::store::Store::new(client, table)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

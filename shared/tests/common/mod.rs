@@ -12,26 +12,14 @@ use shared::{
     gemini::GeminiClient,
     store::Store,
 };
-use testkit::{GeminiStandIn, table::TableSpec};
+use testkit::GeminiStandIn;
 
 pub const PASSWORD: &str = "correct horse battery";
 pub const API_KEY: &str = "test-gemini-key";
 
 /// A fresh, empty table on DynamoDB Local.
 pub async fn store() -> Store {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
-        .expect("these tests need DynamoDB Local: run them with scripts/test");
-    assert!(
-        endpoint.starts_with("http://127.0.0.1") || endpoint.starts_with("http://localhost"),
-        "refusing to create test tables at {endpoint}"
-    );
-    let table = format!("test-{}", uuid::Uuid::now_v7().simple());
-    let client = aws_sdk_dynamodb::Client::new(&shared::aws::config().await);
-    TableSpec::ours()
-        .create(&client, &table)
-        .await
-        .expect("create the test table");
-    Store::new(client, table)
+    testkit::table::local_store("test").await
 }
 
 pub fn config(table: &str) -> Config {
