@@ -33,6 +33,7 @@ def port_open(port):
 class Results:
     def __init__(self):
         self.passed, self.failed = 0, 0
+        self.log = None  # the scripts/dev log, kept when something failed
 
     def check(self, name, ok, detail=""):
         if ok:
@@ -87,6 +88,7 @@ def main():
     dev = subprocess.Popen(["scripts/dev"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, start_new_session=True)
     r = Results()
+    r.log = log.name
     try:
         deadline = time.time() + START_TIMEOUT
         while not (port_open(ports["API_PORT"]) and "The API is up" in open(log.name).read()):
@@ -151,8 +153,6 @@ def main():
 if __name__ == "__main__":
     results = main()
     if not results.failed:
-        for f in os.listdir(tempfile.gettempdir()):
-            if f.startswith("e2e-dev-") and f.endswith(".log"):
-                os.remove(os.path.join(tempfile.gettempdir(), f))
+        os.remove(results.log)
     print(f"e2e: {results.passed} passed, {results.failed} failed")
     sys.exit(1 if results.failed else 0)
