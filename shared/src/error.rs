@@ -138,6 +138,9 @@ impl ApiError {
             }
             Self::MethodNotAllowed { allowed, .. } => vec![("allow", (*allowed).into())],
             Self::IdempotencyInProgress => vec![("retry-after", "1".into())],
+            Self::InsufficientCredits { balance, .. } => {
+                vec![("x-tokens-remaining", balance.to_string())]
+            }
             Self::Upstream(e) if e.is_overloaded() => {
                 let wait = e.retry_after().unwrap_or(Duration::from_secs(5));
                 vec![("retry-after", wait.as_secs().max(1).to_string())]

@@ -109,6 +109,7 @@ async fn not_enough_credits_is_402_with_the_balance_and_never_reaches_gemini() {
     assert_eq!(resp.status(), 402);
     let body = json_of(&resp);
     assert_eq!(body["code"], "insufficient_credits");
+    assert_eq!(header(&resp, "x-tokens-remaining"), Some("50"));
     assert_eq!(body["tokens"], 50);
     assert_eq!(body["cost"], 100);
     assert!(body["detail"].as_str().unwrap().contains("50"));

@@ -4,6 +4,10 @@
 //! It serves `GET /2018-06-01/runtime/invocation/next` (long-polled by every process),
 //! takes `POST .../invocation/{id}/response` and `.../invocation/{id}/error`, and
 //! records `POST .../init/error`.
+//!
+//! A process killed while it waits on `next` leaves that poll pending here, and the poll
+//! takes the next invocation to nowhere. Kill processes only mid-invocation, or give a
+//! process that may be killed while idle an emulator of its own.
 
 use std::{
     collections::HashMap,
@@ -251,6 +255,18 @@ impl Functions {
             let _ = child.wait();
         }
         self.children.clear();
+    }
+
+    /// Peak resident memory (`VmHWM`) of each live process, in KiB.
+    pub fn peak_rss_kib(&self) -> Vec<u64> {
+        self.children
+            .iter()
+            .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/status", c.id())).ok())
+            .filter_map(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+                line.split_whitespace().nth(1)?.parse().ok()
+            })
+            .collect()
     }
 
     /// Processes that exited on their own (a crash, or a failed start).

@@ -1,5 +1,8 @@
 //! Project tasks.
 //!
+//! `cargo xtask cold-start [--runs N] [--warm N] BINARY...`: start-up time and memory of
+//! function binaries (see `cold_start.rs`; `scripts/bench` runs it on release builds).
+//!
 //! `cargo xtask audit <username> [--table NAME]`: checks that the account's books
 //! balance (granted = balance + settled + open) on whatever DynamoDB the standard AWS
 //! environment points at (`AWS_ENDPOINT_URL_DYNAMODB` for DynamoDB Local). The table is
@@ -9,13 +12,16 @@ use std::process::ExitCode;
 
 use shared::{audit, domain::Username, store::Store};
 
-const USAGE: &str = "usage: cargo xtask audit <username> [--table NAME]";
+mod cold_start;
+
+const USAGE: &str = "usage: cargo xtask audit <username> [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("audit") => audit_command(&args[1..]).await,
+        Some("cold-start") => cold_start::run(&args[1..]).await,
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
