@@ -11,9 +11,7 @@ use testkit::{Behavior, GeminiStandIn};
 
 #[tokio::test]
 async fn chat_answers_and_charges_100_credits() {
-    let standin = GeminiStandIn::start().await;
-    let chat_app = chat_app(&standin).await;
-    let token = user_token(&chat_app.app, "john").await;
+    let (standin, chat_app, token) = john_chatting(Behavior::Answer).await;
 
     let resp = chat(&chat_app, &token, "What is the capital of France?").await;
     assert_eq!(resp.status(), 200);
@@ -56,9 +54,7 @@ async fn chat_answers_and_charges_100_credits() {
 
 #[tokio::test]
 async fn chats_are_stored_in_time_order() {
-    let standin = GeminiStandIn::start().await;
-    let chat_app = chat_app(&standin).await;
-    let token = user_token(&chat_app.app, "john").await;
+    let (_standin, chat_app, token) = john_chatting(Behavior::Answer).await;
     for i in 0..5 {
         assert_eq!(
             chat(&chat_app, &token, &format!("question {i}"))
@@ -225,9 +221,7 @@ async fn every_gemini_failure_is_refunded() {
 
 #[tokio::test]
 async fn overload_is_retried_and_charged_once() {
-    let standin = GeminiStandIn::start().await;
-    let chat_app = chat_app(&standin).await;
-    let token = user_token(&chat_app.app, "john").await;
+    let (standin, chat_app, token) = john_chatting(Behavior::Answer).await;
     standin.script([
         Behavior::Status(503),
         Behavior::Status(429),
@@ -241,9 +235,7 @@ async fn overload_is_retried_and_charged_once() {
 
 #[tokio::test]
 async fn retries_are_bounded() {
-    let standin = GeminiStandIn::with_behavior(Behavior::Status(503)).await;
-    let chat_app = chat_app(&standin).await;
-    let token = user_token(&chat_app.app, "john").await;
+    let (standin, chat_app, token) = john_chatting(Behavior::Status(503)).await;
     assert_eq!(chat(&chat_app, &token, "hello").await.status(), 503);
     assert_eq!(standin.requests(), 3, "one call and two retries");
     // Errors that retrying can't fix are not retried.

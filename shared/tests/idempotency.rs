@@ -63,9 +63,7 @@ async fn twenty_concurrent_retries_are_charged_once() {
 
 #[tokio::test]
 async fn a_key_reused_for_another_message_is_422() {
-    let standin = GeminiStandIn::start().await;
-    let chat_app = chat_app(&standin).await;
-    let token = user_token(&chat_app.app, "john").await;
+    let (_standin, chat_app, token) = john_chatting(Behavior::Answer).await;
     assert_eq!(
         chat_with_key(&chat_app, &token, "hello", KEY)
             .await
@@ -97,9 +95,7 @@ async fn keys_belong_to_their_user() {
 
 #[tokio::test]
 async fn a_chat_that_failed_frees_its_key_for_the_retry() {
-    let standin = GeminiStandIn::with_behavior(Behavior::Status(503)).await;
-    let chat_app = chat_app(&standin).await;
-    let token = user_token(&chat_app.app, "john").await;
+    let (standin, chat_app, token) = john_chatting(Behavior::Status(503)).await;
     assert_eq!(
         chat_with_key(&chat_app, &token, "hello", KEY)
             .await
@@ -138,9 +134,7 @@ async fn not_enough_credits_frees_the_key_too() {
 
 #[tokio::test]
 async fn a_blocked_prompt_is_replayed_not_retried() {
-    let standin = GeminiStandIn::with_behavior(Behavior::SafetyFinish).await;
-    let chat_app = chat_app(&standin).await;
-    let token = user_token(&chat_app.app, "john").await;
+    let (standin, chat_app, token) = john_chatting(Behavior::SafetyFinish).await;
     let first = chat_with_key(&chat_app, &token, "hello", KEY).await;
     assert_eq!(first.status(), 422);
     let again = chat_with_key(&chat_app, &token, "hello", KEY).await;
@@ -153,9 +147,7 @@ async fn a_blocked_prompt_is_replayed_not_retried() {
 
 #[tokio::test]
 async fn malformed_keys_are_400_and_free() {
-    let standin = GeminiStandIn::start().await;
-    let chat_app = chat_app(&standin).await;
-    let token = user_token(&chat_app.app, "john").await;
+    let (standin, chat_app, token) = john_chatting(Behavior::Answer).await;
     for key in ["x".repeat(256), "has space".to_owned(), "ключ".to_owned()] {
         let resp = chat_with_key(&chat_app, &token, "hello", &key).await;
         assert_eq!(resp.status(), 400, "{key}");

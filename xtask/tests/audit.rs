@@ -6,9 +6,9 @@ use std::process::Command;
 use aws_sdk_dynamodb::types::AttributeValue;
 use shared::{
     auth,
-    store::{Answered, Debit, Store},
+    store::{Answered, Debit},
 };
-use testkit::{demo, table::TableSpec};
+use testkit::demo;
 
 fn audit(table: &str, user: &str) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -22,16 +22,8 @@ fn audit(table: &str, user: &str) -> (i32, String) {
 
 #[tokio::test]
 async fn audit_reports_balanced_and_unbalanced_books() {
-    let endpoint =
-        std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("run with scripts/test (DynamoDB Local)");
-    assert!(
-        endpoint.starts_with("http://127.0.0.1"),
-        "refusing to use {endpoint}"
-    );
-    let client = aws_sdk_dynamodb::Client::new(&shared::aws::config().await);
-    let table = format!("audit-{}", uuid::Uuid::now_v7().simple());
-    TableSpec::ours().create(&client, &table).await.unwrap();
-    let store = Store::new(client.clone(), &table);
+    let store = testkit::table::local_store("audit").await;
+    let (client, table) = (store.client().clone(), store.table().to_owned());
     demo::user_with_token(&store, "john", 4000, &auth::new_token().unwrap())
         .await
         .unwrap();

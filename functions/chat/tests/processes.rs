@@ -13,7 +13,6 @@ use shared::{
 use testkit::{
     Behavior, GeminiStandIn, demo,
     runtime::{Functions, Outcome, RuntimeApi},
-    table::TableSpec,
 };
 
 const CHAT: &str = env!("CARGO_BIN_EXE_chat");
@@ -27,16 +26,7 @@ struct Setup {
 
 /// A fresh table with `john` holding `tokens` credits, a stand-in and an emulator.
 async fn setup(tokens: u64) -> Setup {
-    let endpoint =
-        std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("run with scripts/test (DynamoDB Local)");
-    assert!(
-        endpoint.starts_with("http://127.0.0.1"),
-        "refusing to use {endpoint}"
-    );
-    let client = aws_sdk_dynamodb::Client::new(&shared::aws::config().await);
-    let table = format!("proc-{}", uuid::Uuid::now_v7().simple());
-    TableSpec::ours().create(&client, &table).await.unwrap();
-    let store = Store::new(client, table);
+    let store = testkit::table::local_store("proc").await;
     let token = auth::new_token().unwrap();
     demo::user_with_token(&store, "john", tokens, &token)
         .await

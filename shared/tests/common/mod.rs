@@ -12,7 +12,7 @@ use shared::{
     gemini::GeminiClient,
     store::Store,
 };
-use testkit::GeminiStandIn;
+use testkit::{Behavior, GeminiStandIn};
 
 pub const PASSWORD: &str = "correct horse battery";
 pub const API_KEY: &str = "test-gemini-key";
@@ -63,6 +63,15 @@ pub fn chat_app_on(app: App, gemini: GeminiConfig) -> ChatApp {
 
 pub async fn chat_app(standin: &GeminiStandIn) -> ChatApp {
     chat_app_on(app().await, gemini_config(standin))
+}
+
+/// The usual arrangement: a stand-in behaving as told, a chat app on a fresh table, and
+/// a login token for `john` (4000 credits).
+pub async fn john_chatting(behavior: Behavior) -> (GeminiStandIn, ChatApp, String) {
+    let standin = GeminiStandIn::with_behavior(behavior).await;
+    let chat_app = chat_app(&standin).await;
+    let token = user_token(&chat_app.app, "john").await;
+    (standin, chat_app, token)
 }
 
 /// An API Gateway REST proxy event, as API Gateway sends it, turned into the request
