@@ -29,14 +29,14 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<Body>, ApiEr
     let app = &chat_app.app;
     http::require_method(req, Method::POST)?;
     // Cheap checks before any I/O: a missing token or a bad body costs no round trip.
-    http::auth_token(req)?;
+    let token = http::auth_token(req)?;
     let key = http::idempotency_key(req)?;
     let body = http::json_object(req)?;
     let message = ChatMessage::parse(
         http::string_field(&body, "message")?,
         app.config.max_message_chars,
     )?;
-    let user_key = app.authenticate(req).await?;
+    let user_key = app.authenticate(token).await?;
 
     let Some(key) = key else {
         return answer(chat_app, &user_key, &message, None).await;
@@ -151,6 +151,7 @@ async fn answer(
     tracing::info!(
         user = %user_key, charge = %charge.id, cost = charge.cost, balance, model = %reply.model,
         prompt_tokens = reply.usage.prompt_tokens, response_tokens = reply.usage.response_tokens,
+        finish_reason = reply.finish_reason.as_deref().unwrap_or("-"),
         "chat answered"
     );
     Ok(http::with_balance(

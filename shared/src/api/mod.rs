@@ -7,14 +7,12 @@ pub mod register;
 pub mod tokens;
 
 use aws_config::SdkConfig;
-use lambda_http::Request;
 
 use crate::{
     auth, aws,
     config::{self, Config, GeminiConfig, Secret},
     error::{ApiError, BoxError},
     gemini::GeminiClient,
-    http,
     store::{Store, now_millis},
 };
 
@@ -40,9 +38,8 @@ impl App {
         Ok(Self::new(config, store))
     }
 
-    /// The user a request's token belongs to, as their store key.
-    pub(crate) async fn authenticate(&self, req: &Request) -> Result<String, ApiError> {
-        let token = http::auth_token(req)?;
+    /// The user a token (from [`http::auth_token`]) belongs to, as their store key.
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<String, ApiError> {
         if !auth::looks_like_token(token) {
             return Err(ApiError::InvalidToken);
         }

@@ -14,7 +14,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response<Body>, Error> {
 
 async fn tokens(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     http::require_method(req, Method::GET)?;
-    let user_key = app.authenticate(req).await?;
+    let user_key = app.authenticate(http::auth_token(req)?).await?;
     let balance = app
         .store
         .balance(&user_key)

@@ -40,11 +40,6 @@ impl Username {
         Ok(Self(raw.to_owned()))
     }
 
-    /// Rebuilds a username read back from the store.
-    pub fn from_stored(raw: String) -> Self {
-        Self(raw)
-    }
-
     pub fn as_str(&self) -> &str {
         &self.0
     }

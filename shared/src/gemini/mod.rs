@@ -13,7 +13,7 @@ use reqwest::header::{HeaderMap, HeaderValue};
 
 use crate::{config::GeminiConfig, domain::Usage, error::BoxError};
 
-pub use wire::GenerateContentResponse;
+use wire::GenerateContentResponse;
 
 /// Longest server-requested wait (`RetryInfo.retryDelay`) we will sit out; a longer
 /// one fails fast and is passed on to the client as `Retry-After`.
@@ -131,10 +131,6 @@ impl GeminiClient {
         })
     }
 
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
     /// Asks the model for one answer to `prompt`, retrying overload within the deadline.
     pub async fn generate(&self, prompt: &str) -> Result<Reply, Error> {
         let body = wire::GenerateContentRequest {
@@ -211,7 +207,7 @@ fn api_error(status: u16, body: &[u8]) -> Error {
 }
 
 /// Turns a 200 response into an answer, or the reason there is none.
-pub fn reply(resp: GenerateContentResponse, requested_model: &str) -> Result<Reply, Error> {
+fn reply(resp: GenerateContentResponse, requested_model: &str) -> Result<Reply, Error> {
     if let Some(reason) = resp.prompt_feedback.and_then(|f| f.block_reason) {
         return Err(Error::PromptBlocked(reason));
     }

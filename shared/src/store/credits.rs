@@ -191,7 +191,7 @@ impl Store {
         answer: Answered<'_>,
         also: Option<TransactWriteItem>,
     ) -> Result<bool, Error> {
-        let close = self.close_charge(charge, "REMOVE pending.#charge")?;
+        let close = self.close_charge(charge, Close::Keep)?;
         let mut chat = chat_item(charge, message, ChargeState::Completed);
         chat.insert("response".into(), s(answer.response));
         chat.insert("model".into(), s(answer.model));
@@ -210,8 +210,7 @@ impl Store {
         reason: &str,
         also: Option<TransactWriteItem>,
     ) -> Result<bool, Error> {
-        let close =
-            self.close_charge(charge, "SET tokens = tokens + :cost REMOVE pending.#charge")?;
+        let close = self.close_charge(charge, Close::GiveBack)?;
         let mut chat = chat_item(charge, message.unwrap_or(""), ChargeState::Refunded);
         chat.insert("reason".into(), s(reason));
         self.close(close, chat, also).await
@@ -236,21 +235,21 @@ impl Store {
         pages.iter().map(chat_record).collect()
     }
 
-    fn close_charge(
-        &self,
-        charge: &OpenCharge,
-        expression: &str,
-    ) -> Result<TransactWriteItem, Error> {
-        let mut update = Update::builder()
+    /// The user-item half of settle and refund: removes the open charge, if it is still
+    /// open, and for a refund gives its cost back.
+    fn close_charge(&self, charge: &OpenCharge, close: Close) -> Result<TransactWriteItem, Error> {
+        let update = Update::builder()
             .table_name(&self.table)
             .key(PK, user_pk(&charge.user_key))
             .key(SK, s(PROFILE))
-            .update_expression(expression)
             .condition_expression("attribute_exists(pending.#charge)")
             .expression_attribute_names("#charge", &charge.id);
-        if expression.contains(":cost") {
-            update = update.expression_attribute_values(":cost", n(charge.cost));
-        }
+        let update = match close {
+            Close::Keep => update.update_expression("REMOVE pending.#charge"),
+            Close::GiveBack => update
+                .update_expression("SET tokens = tokens + :cost REMOVE pending.#charge")
+                .expression_attribute_values(":cost", n(charge.cost)),
+        };
         let update = update.build().map_err(Error::dynamo("build Update"))?;
         Ok(TransactWriteItem::builder().update(update).build())
     }
@@ -288,6 +287,15 @@ impl Store {
             Err(e) => Err(Error::dynamo("TransactWriteItems")(e)),
         }
     }
+}
+
+/// What closing a charge does with its credits.
+#[derive(Clone, Copy)]
+enum Close {
+    /// Settle: the credits stay spent.
+    Keep,
+    /// Refund: the credits go back to the balance.
+    GiveBack,
 }
 
 fn chat_item(charge: &OpenCharge, message: &str, state: ChargeState) -> Item {

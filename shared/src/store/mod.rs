@@ -21,7 +21,7 @@ use std::{
 use aws_sdk_dynamodb::{Client, types::AttributeValue};
 
 pub use credits::{Answered, ChargeState, ChatRecord, Debit, OpenCharge};
-pub use idempotency::{Claim, RETENTION as IDEMPOTENCY_RETENTION, StoredResponse};
+pub use idempotency::{Claim, StoredResponse};
 pub use sessions::Session;
 pub use users::Ledger;
 pub use users::UserCredentials;

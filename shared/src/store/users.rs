@@ -20,7 +20,6 @@ pub struct Ledger {
 
 #[derive(Debug)]
 pub struct UserCredentials {
-    pub username: Username,
     pub password_hash: String,
 }
 
@@ -57,11 +56,10 @@ impl Store {
 
     /// What login needs to check a password.
     pub async fn user_credentials(&self, user_key: &str) -> Result<Option<UserCredentials>, Error> {
-        let Some(item) = self.get_user(user_key, "username, password_hash").await? else {
+        let Some(item) = self.get_user(user_key, "password_hash").await? else {
             return Ok(None);
         };
         Ok(Some(UserCredentials {
-            username: Username::from_stored(get_s(&item, "username")?),
             password_hash: get_s(&item, "password_hash")?,
         }))
     }
