@@ -1,9 +1,13 @@
-//! Checking the books of one account: every credit granted is either still in the
-//! balance, spent on an answered chat, or held by a charge that is still open.
+//! Checking the books of one account, two ways:
 //!
-//! `granted = balance + settled + open`. Refunded chats cost nothing and appear only as
-//! a count. The check reads the user item and then the chats, so run it on an account
-//! with no chat in flight (or run it again).
+//! 1. The counters: every credit granted is still in the balance, spent on answered
+//!    chats, or held by a charge that is still open: `granted = balance + spent + open`.
+//! 2. The counters against the chats: the credits spent equal the cost of the answered
+//!    chats whose charges are closed. More answered than spent means answers went out
+//!    free; less means credits were kept without an answer on record.
+//!
+//! Refunded chats cost nothing and appear only as a count. The check reads the user item
+//! and then the chats, so run it on an account with no chat in flight (or run it again).
 
 use std::fmt;
 
@@ -13,8 +17,12 @@ use crate::store::{self, ChargeState, Store};
 pub struct Books {
     pub granted: u64,
     pub balance: u64,
-    /// Credits spent on completed chats, and how many there are.
+    /// Credits of closed, answered charges (the user item's counter).
     pub settled: u64,
+    /// What the answered chats on record cost, their charges closed or not.
+    pub answered: u64,
+    /// Of that, what answered chats whose charges are still open hold.
+    pub answered_open: u64,
     pub completed_chats: usize,
     pub refunded_chats: usize,
     /// Credits held by charges not yet settled or refunded, and how many there are.
@@ -32,8 +40,14 @@ impl Books {
             - i128::from(self.open)
     }
 
+    /// Answered chats not paid for (positive) or credits kept without an answer on
+    /// record (negative): 0 when every answer was paid for exactly once.
+    pub fn unpaid_answers(&self) -> i128 {
+        i128::from(self.answered) - i128::from(self.answered_open) - i128::from(self.settled)
+    }
+
     pub fn is_balanced(&self) -> bool {
-        self.discrepancy() == 0
+        self.discrepancy() == 0 && self.unpaid_answers() == 0
     }
 }
 
@@ -52,9 +66,23 @@ impl fmt::Display for Books {
             self.open, self.open_charges
         )?;
         writeln!(f, "refunded chats   {:>10}", self.refunded_chats)?;
-        match self.discrepancy() {
-            0 => write!(f, "balanced: granted = balance + settled + open"),
-            d => write!(f, "NOT BALANCED: {d} credits unaccounted for"),
+        writeln!(
+            f,
+            "answered         {:>10}  ({} of it still open)",
+            self.answered, self.answered_open
+        )?;
+        match (self.discrepancy(), self.unpaid_answers()) {
+            (0, 0) => write!(
+                f,
+                "balanced: granted = balance + settled + open, and settled = answered and closed"
+            ),
+            (0, u) if u > 0 => write!(f, "NOT BALANCED: {u} credits of answers never paid for"),
+            (0, u) => write!(
+                f,
+                "NOT BALANCED: {} credits kept without an answer on record",
+                -u
+            ),
+            (d, _) => write!(f, "NOT BALANCED: {d} credits unaccounted for"),
         }
     }
 }
@@ -66,10 +94,17 @@ pub async fn audit(store: &Store, user_key: &str) -> Result<Option<Books>, store
     };
     let chats = store.chats(user_key).await?;
     let completed = chats.iter().filter(|c| c.state == ChargeState::Completed);
+    let open = |id: &str| ledger.open.iter().any(|c| c.id == id);
     Ok(Some(Books {
         granted: ledger.granted,
         balance: ledger.balance,
-        settled: completed.clone().map(|c| c.cost).sum(),
+        settled: ledger.spent,
+        answered: completed.clone().map(|c| c.cost).sum(),
+        answered_open: completed
+            .clone()
+            .filter(|c| open(&c.id))
+            .map(|c| c.cost)
+            .sum(),
         completed_chats: completed.count(),
         refunded_chats: chats
             .iter()

@@ -2,6 +2,8 @@
 
 use std::{env, fmt, str::FromStr, time::Duration};
 
+use crate::store::RetryPolicy;
+
 /// Settings every function needs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -19,6 +21,12 @@ pub struct Config {
     /// default 60). Must exceed the chat function's timeout, so that a live request's
     /// charge is never taken for a dead one.
     pub charge_timeout: Duration,
+    /// The function's own timeout (`FUNCTION_TIMEOUT_SECS`, default 29; the template sets
+    /// it from the same value it gives Lambda). Budgets are checked against it.
+    pub function_timeout: Duration,
+    /// How DynamoDB calls are timed and retried (`DYNAMODB_ATTEMPT_TIMEOUT_MS`, default
+    /// 500; `DYNAMODB_RETRY_BUDGET_MS`, default 1200; `DYNAMODB_MAX_ATTEMPTS`, default 6).
+    pub store_retry: RetryPolicy,
 }
 
 /// Settings of the Gemini client, read only by the chat function.
@@ -52,14 +60,75 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
-        Ok(Self {
+        let defaults = RetryPolicy::default();
+        let store_retry = RetryPolicy {
+            attempt_timeout: millis_or("DYNAMODB_ATTEMPT_TIMEOUT_MS", defaults.attempt_timeout)?,
+            budget: millis_or("DYNAMODB_RETRY_BUDGET_MS", defaults.budget)?,
+            max_attempts: parse_or("DYNAMODB_MAX_ATTEMPTS", defaults.max_attempts)?,
+            ..defaults
+        };
+        let config = Self {
             table_name: required("TABLE_NAME")?,
             start_tokens: parse_or("START_TOKENS", 4000)?,
             chat_cost,
-            token_ttl: Duration::from_secs(parse_or("TOKEN_TTL_DAYS", 30u64)? * 86_400),
+            token_ttl: days("TOKEN_TTL_DAYS", 30)?,
             max_message_chars: parse_or("MAX_MESSAGE_CHARS", 8000)?,
             charge_timeout: Duration::from_secs(parse_or("CHARGE_TIMEOUT_SECS", 60u64)?),
-        })
+            function_timeout: Duration::from_secs(parse_or("FUNCTION_TIMEOUT_SECS", 29u64)?),
+            store_retry,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The values that only make sense together.
+    fn check(&self) -> Result<(), ConfigError> {
+        let fail = |var, reason: String| Err(ConfigError { var, reason });
+        if self.function_timeout.is_zero() {
+            return fail("FUNCTION_TIMEOUT_SECS", "must be at least 1".into());
+        }
+        // A charge younger than the charge timeout may belong to a live request; were the
+        // timeout at or below the function's, recovery would refund charges still running.
+        if self.charge_timeout <= self.function_timeout {
+            return fail(
+                "CHARGE_TIMEOUT_SECS",
+                format!(
+                    "must exceed the function timeout ({} s), or live charges would be refunded",
+                    self.function_timeout.as_secs()
+                ),
+            );
+        }
+        let retry = &self.store_retry;
+        if retry.max_attempts == 0 || retry.attempt_timeout.is_zero() {
+            return fail(
+                "DYNAMODB_MAX_ATTEMPTS",
+                "attempts and the attempt timeout must be at least 1".into(),
+            );
+        }
+        if retry.budget < retry.attempt_timeout || retry.budget >= self.function_timeout {
+            return fail(
+                "DYNAMODB_RETRY_BUDGET_MS",
+                "must be at least one attempt timeout and below the function timeout".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The chat function waits on Gemini between two store steps (the debit before, the
+    /// settle after) plus the session read: all of it must end before the function does.
+    pub fn check_chat_budget(&self, gemini_timeout: Duration) -> Result<(), ConfigError> {
+        let needed = gemini_timeout + self.store_retry.budget * 3;
+        if needed >= self.function_timeout {
+            return Err(ConfigError {
+                var: "GEMINI_TIMEOUT_MS",
+                reason: format!(
+                    "plus three DynamoDB budgets ({} ms in all) must end before the function timeout ({} s)",
+                    needed.as_millis(),
+                    self.function_timeout.as_secs()
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -117,6 +186,28 @@ pub(crate) fn required(var: &'static str) -> Result<String, ConfigError> {
         var,
         reason: "is not set".into(),
     })
+}
+
+fn millis_or(var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(parse_or(
+        var,
+        default.as_millis() as u64,
+    )?))
+}
+
+/// A count of days, refused if it would overflow a duration in seconds.
+fn days(var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    let days: u64 = parse_or(var, default)?;
+    match days.checked_mul(86_400) {
+        Some(secs) if days > 0 && secs <= u64::from(u32::MAX) => Ok(Duration::from_secs(secs)),
+        _ => Err(ConfigError {
+            var,
+            reason: format!(
+                "must be between 1 and {} days",
+                u64::from(u32::MAX) / 86_400
+            ),
+        }),
+    }
 }
 
 fn parse_or<T: FromStr>(var: &'static str, default: T) -> Result<T, ConfigError>

@@ -8,7 +8,11 @@ use std::{error::Error as StdError, fmt, time::Duration};
 use lambda_http::http::StatusCode;
 use serde_json::{Map, Value, json};
 
-use crate::gemini;
+use crate::{
+    gemini,
+    service::{charges::ChargeError, chat::ChatError},
+    store,
+};
 
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -50,6 +54,8 @@ pub enum ApiError {
     ContentBlocked { reason: String },
     #[error("{}", upstream_detail(.0))]
     Upstream(#[source] gemini::Error),
+    #[error("The service is briefly overloaded; try again shortly. You were not charged.")]
+    Unavailable(#[source] store::Error),
     #[error("Internal server error.")]
     Internal(#[source] BoxError),
 }
@@ -83,6 +89,7 @@ impl ApiError {
             Upstream(e) if e.is_overloaded() => StatusCode::SERVICE_UNAVAILABLE,
             Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             Upstream(_) => StatusCode::BAD_GATEWAY,
+            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -108,6 +115,7 @@ impl ApiError {
             Upstream(e) if e.is_overloaded() => "model_unavailable",
             Upstream(e) if e.is_timeout() => "model_timeout",
             Upstream(_) => "model_error",
+            Unavailable(_) => "service_unavailable",
             Internal(_) => "internal_error",
         }
     }
@@ -137,7 +145,9 @@ impl ApiError {
                 vec![("www-authenticate", "Token".into())]
             }
             Self::MethodNotAllowed { allowed, .. } => vec![("allow", (*allowed).into())],
-            Self::IdempotencyInProgress => vec![("retry-after", "1".into())],
+            Self::IdempotencyInProgress | Self::Unavailable(_) => {
+                vec![("retry-after", "1".into())]
+            }
             Self::InsufficientCredits { balance, .. } => {
                 vec![("x-tokens-remaining", balance.to_string())]
             }
@@ -186,8 +196,33 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
-impl From<crate::store::Error> for ApiError {
-    fn from(err: crate::store::Error) -> Self {
-        Self::Internal(err.into())
+impl From<store::Error> for ApiError {
+    fn from(err: store::Error) -> Self {
+        if err.is_unavailable() {
+            Self::Unavailable(err)
+        } else {
+            Self::Internal(err.into())
+        }
+    }
+}
+
+impl From<ChargeError> for ApiError {
+    fn from(err: ChargeError) -> Self {
+        ChatError::from(err).into()
+    }
+}
+
+impl From<ChatError> for ApiError {
+    fn from(err: ChatError) -> Self {
+        match err {
+            ChatError::Insufficient { balance, cost } => {
+                Self::InsufficientCredits { balance, cost }
+            }
+            ChatError::NoAccount => Self::InvalidToken,
+            ChatError::KeyReused => Self::IdempotencyKeyReused,
+            ChatError::InProgress => Self::IdempotencyInProgress,
+            ChatError::Model(e) => e.into(),
+            ChatError::Store(e) => e.into(),
+        }
     }
 }

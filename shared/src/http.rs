@@ -7,10 +7,7 @@ use lambda_http::{
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::{
-    error::{ApiError, Chain},
-    store::StoredResponse,
-};
+use crate::error::{ApiError, Chain};
 
 /// Largest request body accepted. Chat messages are capped well below this.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -178,17 +175,5 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
 pub fn with_balance(mut resp: Response<Body>, balance: u64) -> Response<Body> {
     resp.headers_mut()
         .insert("x-tokens-remaining", HeaderValue::from(balance));
-    resp
-}
-
-/// A stored response replayed for a repeated `Idempotency-Key`.
-pub fn replayed(stored: StoredResponse) -> Response<Body> {
-    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-    let mut resp = json_text(status, stored.body);
-    if let Some(balance) = stored.balance {
-        resp = with_balance(resp, balance);
-    }
-    resp.headers_mut()
-        .insert("idempotent-replayed", HeaderValue::from_static("true"));
     resp
 }

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod error;
 pub mod gemini;
 pub mod http;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 

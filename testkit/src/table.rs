@@ -140,13 +140,19 @@ pub async fn local_store(prefix: &str) -> shared::store::Store {
         endpoint.starts_with("http://127.0.0.1") || endpoint.starts_with("http://localhost"),
         "refusing to create test tables at {endpoint}"
     );
-    let client = Client::new(&shared::aws::config().await);
     let table = format!("{prefix}-{}", uuid::Uuid::now_v7().simple());
+    // Generous limits: a loaded 2-core test machine is slower than DynamoDB.
+    let retry = shared::store::RetryPolicy {
+        attempt_timeout: std::time::Duration::from_secs(5),
+        budget: std::time::Duration::from_secs(20),
+        ..Default::default()
+    };
+    let store = shared::store::Store::connect(&shared::aws::config().await, table.clone(), retry);
     TableSpec::ours()
-        .create(&client, &table)
+        .create(store.client(), &table)
         .await
         .expect("create the test table");
-    shared::store::Store::new(client, table)
+    store
 }
 
 #[cfg(test)]

@@ -53,10 +53,7 @@ async fn audit_command(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let store = Store::new(
-        aws_sdk_dynamodb::Client::new(&shared::aws::config().await),
-        table,
-    );
+    let store = Store::connect(&shared::aws::config().await, table, Default::default());
     match audit::audit(&store, &key).await {
         Ok(Some(books)) => {
             println!("books of {user} in {}:\n{books}", store.table());

@@ -6,7 +6,8 @@ use std::process::Command;
 use aws_sdk_dynamodb::types::AttributeValue;
 use shared::{
     auth,
-    store::{Answered, Debit},
+    service::charges::{Answered, Charges},
+    store::{ChatOutcome, OpenCharge, now_millis},
 };
 use testkit::demo;
 
@@ -29,25 +30,28 @@ async fn audit_reports_balanced_and_unbalanced_books() {
         .unwrap();
 
     // One settled chat, one refunded, one still open.
+    let charges = Charges::new(&store, std::time::Duration::from_secs(60));
+    let charge = |id: &str| OpenCharge {
+        id: id.to_owned(),
+        user_key: "john".to_owned(),
+        conversation_id: "c1".to_owned(),
+        cost: 100,
+        opened_at: now_millis(),
+    };
     for outcome in ["settle", "refund", "open"] {
-        let Debit::Debited { charge, .. } = store.debit("john", 100).await.unwrap() else {
-            panic!("debit refused");
-        };
+        let hold = charges.hold(charge(outcome)).await.unwrap();
         match outcome {
             "settle" => {
                 let answer = Answered {
+                    message: "q",
                     response: "hi",
                     model: "m",
                     usage: Default::default(),
+                    balance: hold.balance,
                 };
-                assert!(store.settle(&charge, "q", answer, None).await.unwrap());
+                charges.settle(&hold, answer).await.unwrap();
             }
-            "refund" => assert!(
-                store
-                    .refund(&charge, Some("q"), "test", None)
-                    .await
-                    .unwrap()
-            ),
+            "refund" => assert!(charges.refund(&hold, "q", "test").await),
             _ => {}
         }
     }
@@ -74,6 +78,32 @@ async fn audit_reports_balanced_and_unbalanced_books() {
     assert_eq!(code, 1, "{text}");
     assert!(
         text.contains("NOT BALANCED: 7 credits unaccounted for"),
+        "{text}"
+    );
+
+    // An answer on record that no charge paid for: the free answer the audit exists for.
+    let free = ChatOutcome::Answered {
+        message: "q",
+        response: "free",
+        model: "m",
+        usage: Default::default(),
+        balance: 0,
+    };
+    store.record_chat(&charge("free"), free).await.unwrap();
+    client
+        .update_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S("USER#john".into()))
+        .key("sk", AttributeValue::S("PROFILE".into()))
+        .update_expression("SET tokens = tokens + :n")
+        .expression_attribute_values(":n", AttributeValue::N("7".into()))
+        .send()
+        .await
+        .unwrap();
+    let (code, text) = audit(&table, "john");
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("NOT BALANCED: 100 credits of answers never paid for"),
         "{text}"
     );
 

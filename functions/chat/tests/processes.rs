@@ -168,8 +168,13 @@ async fn gemini_faults_in_the_middle_of_a_run_lose_no_credit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chat_killed_mid_answer_gets_its_credits_back() {
     let setup = setup(4000).await;
-    // A charge counts as abandoned after 1 s here (60 s in production).
-    let fast_recovery = [("CHARGE_TIMEOUT_SECS", "1".to_owned())];
+    // A charge counts as abandoned after 6 s here (60 s in production); the function's
+    // own timeout must be shorter, and the Gemini and DynamoDB budgets fit inside it.
+    let fast_recovery = [
+        ("CHARGE_TIMEOUT_SECS", "6".to_owned()),
+        ("FUNCTION_TIMEOUT_SECS", "5".to_owned()),
+        ("DYNAMODB_RETRY_BUDGET_MS", "1000".to_owned()),
+    ];
     setup.standin.set_behavior(Behavior::Hang);
     let mut functions = setup.functions(1, &fast_recovery);
     let runtime = setup.runtime.clone();
@@ -200,7 +205,7 @@ async fn a_chat_killed_mid_answer_gets_its_credits_back() {
 
     // Past the charge timeout, the user's next request brings the credits back. The
     // retry carries the same Idempotency-Key, whose dead claim it takes over.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(6200)).await;
     setup.standin.set_behavior(Behavior::Answer);
     let _functions = setup.functions(1, &fast_recovery);
     let retry = chat_event(

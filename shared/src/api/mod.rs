@@ -34,7 +34,7 @@ impl App {
 
     fn from_sdk_config(sdk: &SdkConfig) -> Result<Self, BoxError> {
         let config = Config::from_env()?;
-        let store = Store::new(aws_sdk_dynamodb::Client::new(sdk), &config.table_name);
+        let store = Store::connect(sdk, &config.table_name, config.store_retry);
         Ok(Self::new(config, store))
     }
 
@@ -80,7 +80,9 @@ impl ChatApp {
                 Secret::new(aws::ssm_secure_string(&sdk, &name).await?)
             }
         };
-        let gemini = GeminiClient::new(GeminiConfig::from_env(key)?)?;
+        let gemini = GeminiConfig::from_env(key)?;
+        app.config.check_chat_budget(gemini.timeout)?;
+        let gemini = GeminiClient::new(gemini)?;
         Ok(Self::new(app, gemini))
     }
 }

@@ -6,7 +6,7 @@ use lambda_http::{
 };
 use serde_json::json;
 
-use crate::{ApiError, App, http};
+use crate::{ApiError, App, http, service::charges::Charges};
 
 pub async fn handle(app: &App, req: Request) -> Result<Response<Body>, Error> {
     Ok(http::respond(tokens(app, &req).await))
@@ -15,8 +15,7 @@ pub async fn handle(app: &App, req: Request) -> Result<Response<Body>, Error> {
 async fn tokens(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     http::require_method(req, Method::GET)?;
     let user_key = app.authenticate(http::auth_token(req)?).await?;
-    let balance = app
-        .store
+    let balance = Charges::new(&app.store, app.config.charge_timeout)
         .balance(&user_key)
         .await?
         .ok_or(ApiError::InvalidToken)?;

@@ -139,7 +139,7 @@ impl ChatMessage {
 }
 
 /// What a model call consumed, as Gemini's `usageMetadata` reports it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub response_tokens: u64,

@@ -1,30 +1,25 @@
-//! How credits move. Every change to a balance is one conditional write; nothing here
-//! reads a balance and writes it back.
+//! How credits move, item by item. Every change to a balance is one conditional
+//! single-item write; nothing here reads a balance and writes it back, and no write to
+//! the user item is a transaction (a transaction on the user item would conflict with
+//! every parallel chat of that user on AWS).
 //!
-//! A chat's charge goes through three named steps:
-//! 1. [`Store::debit`]: one `UpdateItem` on the user item takes the cost if and only if
-//!    `tokens >= cost`, and in the same write records the open charge in the user's
-//!    `pending` map, so a debit never exists without its record. The write returns the
-//!    new balance, so no second read is needed.
-//! 2. [`Store::settle`]: after the model answered, one transaction closes the open
-//!    charge and stores the chat as `completed`.
-//! 3. [`Store::refund`]: after the model failed, one transaction closes the open
-//!    charge, gives the credits back and stores the chat as `refunded` with the reason.
+//! - [`Store::debit`]: one `UpdateItem` on the user item takes the cost if and only if
+//!   `tokens >= cost`, and in the same write records the charge in the user's `pending`
+//!   map. It returns the new balance and the other open charges.
+//! - [`Store::record_chat`]: one `PutItem` of the chat item: the answer (or why there is
+//!   none) made durable. For an answered chat this is what makes the charge owed.
+//! - [`Store::close_charge`]: one `UpdateItem` on the user item removes the charge from
+//!   `pending` and either adds its cost to `spent` (kept) or gives it back to `tokens`
+//!   (refunded), if and only if the charge is still pending: a charge closes once.
 //!
-//! Settle and refund are both guarded by the open charge still being in `pending`, so
-//! a charge is closed exactly once: never refunded twice, never refunded after it was
-//! settled.
+//! The service (`service::charges`) decides the order and what a failure means.
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::{
-    operation::{transact_write_items::TransactWriteItemsError, update_item::UpdateItemError},
-    types::{
-        AttributeValue, Put, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
-        Update,
-    },
+    operation::{put_item::PutItemError, update_item::UpdateItemError},
+    types::{AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure},
 };
-use uuid::Uuid;
 
 use super::{
     Error, Item, PK, SK, Store, get_n, get_opt_s, get_s, n, now_millis, s, user_pk, users::PROFILE,
@@ -33,38 +28,48 @@ use crate::domain::Usage;
 
 const CHAT_PREFIX: &str = "CHAT#";
 
-/// A debit that is not yet settled or refunded.
-#[derive(Debug, Clone)]
+/// A debit that is not yet closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenCharge {
+    /// A UUID v7: time-ordered.
     pub id: String,
     pub user_key: String,
+    /// The conversation the chat belongs to: its chat item lives under it.
+    pub conversation_id: String,
     pub cost: u64,
     /// Milliseconds since the Unix epoch.
     pub opened_at: u64,
 }
 
+impl OpenCharge {
+    /// A charge still open `timeout` after it was taken belongs to a request that can no
+    /// longer be running (the function's own timeout is shorter, which the
+    /// configuration checks at cold start).
+    pub fn is_abandoned(&self, now_millis: u64, timeout: std::time::Duration) -> bool {
+        now_millis.saturating_sub(self.opened_at) > timeout.as_millis() as u64
+    }
+
+    fn chat_key(&self) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            (PK.to_owned(), user_pk(&self.user_key)),
+            (SK.to_owned(), chat_sk(&self.conversation_id, &self.id)),
+        ])
+    }
+}
+
+pub(crate) fn chat_sk(conversation_id: &str, charge_id: &str) -> AttributeValue {
+    s(format!("{CHAT_PREFIX}{conversation_id}#{charge_id}"))
+}
+
 #[derive(Debug)]
 pub enum Debit {
     /// The cost was taken; `balance` is what is left. `open` lists the user's other open
-    /// charges (see [`OpenCharge::is_abandoned`]).
-    Debited {
-        charge: OpenCharge,
-        balance: u64,
-        open: Vec<OpenCharge>,
-    },
+    /// charges.
+    Debited { balance: u64, open: Vec<OpenCharge> },
     /// The balance is below the cost; nothing changed.
     Insufficient { balance: u64, open: Vec<OpenCharge> },
     /// No such user.
     NoAccount,
-}
-
-impl OpenCharge {
-    /// A charge still open `timeout` after it was taken belongs to a request that can no
-    /// longer be running (the function's own timeout is shorter): its process died
-    /// between debit and settle.
-    pub fn is_abandoned(&self, now_millis: u64, timeout: std::time::Duration) -> bool {
-        now_millis.saturating_sub(self.opened_at) > timeout.as_millis() as u64
-    }
 }
 
 /// The user's open charges, from the `pending` map of a user item.
@@ -81,6 +86,7 @@ pub(crate) fn open_charges(user_key: &str, item: &Item) -> Result<Vec<OpenCharge
             Ok(OpenCharge {
                 id: id.clone(),
                 user_key: user_key.to_owned(),
+                conversation_id: get_s(entry, "conversation")?,
                 cost: get_n(entry, "cost")?,
                 opened_at: get_n(entry, "opened_at")?,
             })
@@ -92,9 +98,9 @@ pub(crate) fn open_charges(user_key: &str, item: &Item) -> Result<Vec<OpenCharge
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChargeState {
-    /// Answered and paid for.
+    /// Answered and owed (paid once its charge is closed).
     Completed,
-    /// The model failed; the credits went back.
+    /// No answer; the credits go back.
     Refunded,
 }
 
@@ -105,12 +111,21 @@ impl ChargeState {
             Self::Refunded => "refunded",
         }
     }
+
+    fn parse(raw: &str) -> Result<Self, Error> {
+        match raw {
+            "completed" => Ok(Self::Completed),
+            "refunded" => Ok(Self::Refunded),
+            other => Err(Error::Corrupt(format!("unknown chat state {other:?}"))),
+        }
+    }
 }
 
 /// A stored chat: its question, its answer (or why there is none) and its charge.
 #[derive(Debug, Clone)]
 pub struct ChatRecord {
     pub id: String,
+    pub conversation_id: String,
     pub message: String,
     pub response: Option<String>,
     pub model: Option<String>,
@@ -118,196 +133,255 @@ pub struct ChatRecord {
     pub state: ChargeState,
     pub usage: Option<Usage>,
     pub reason: Option<String>,
+    /// The balance the answer reported (answered chats).
+    pub balance: Option<u64>,
     pub created_at: u64,
     pub settled_at: u64,
 }
 
-/// What the model gave back, to be stored with the chat.
+/// What a chat item says, written once per charge.
 #[derive(Debug, Clone, Copy)]
-pub struct Answered<'a> {
-    pub response: &'a str,
-    pub model: &'a str,
-    pub usage: Usage,
-}
-
-impl Store {
-    /// Step 1: take `cost` credits if the balance covers them.
-    pub async fn debit(&self, user_key: &str, cost: u64) -> Result<Debit, Error> {
-        let charge = OpenCharge {
-            id: Uuid::now_v7().to_string(),
-            user_key: user_key.to_owned(),
-            cost,
-            opened_at: now_millis(),
-        };
-        let entry = AttributeValue::M(HashMap::from([
-            ("cost".to_owned(), n(cost)),
-            ("opened_at".to_owned(), n(charge.opened_at)),
-        ]));
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(PK, user_pk(user_key))
-            .key(SK, s(PROFILE))
-            .update_expression("SET tokens = tokens - :cost, pending.#charge = :entry")
-            .condition_expression("attribute_exists(pk) AND tokens >= :cost")
-            .expression_attribute_names("#charge", &charge.id)
-            .expression_attribute_values(":cost", n(cost))
-            .expression_attribute_values(":entry", entry)
-            .return_values(ReturnValue::AllNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result.map_err(|e| e.into_service_error()) {
-            Ok(out) => {
-                let item = out.attributes.unwrap_or_default();
-                let balance = get_n(&item, "tokens")?;
-                let mut open = open_charges(user_key, &item)?;
-                open.retain(|c| c.id != charge.id);
-                Ok(Debit::Debited {
-                    charge,
-                    balance,
-                    open,
-                })
-            }
-            Err(UpdateItemError::ConditionalCheckFailedException(e)) => match e.item {
-                Some(item) => Ok(Debit::Insufficient {
-                    balance: get_n(&item, "tokens")?,
-                    open: open_charges(user_key, &item)?,
-                }),
-                None => Ok(Debit::NoAccount),
-            },
-            Err(e) => Err(Error::dynamo("UpdateItem")(e)),
-        }
-    }
-
-    /// Step 2: the model answered; close the charge and store the chat as completed.
-    /// `Ok(false)`: the charge was already closed, and nothing changed.
-    /// `also` joins the same transaction (the idempotency record's outcome).
-    pub async fn settle(
-        &self,
-        charge: &OpenCharge,
-        message: &str,
-        answer: Answered<'_>,
-        also: Option<TransactWriteItem>,
-    ) -> Result<bool, Error> {
-        let close = self.close_charge(charge, Close::Keep)?;
-        let mut chat = chat_item(charge, message, ChargeState::Completed);
-        chat.insert("response".into(), s(answer.response));
-        chat.insert("model".into(), s(answer.model));
-        chat.insert("usage".into(), usage_value(&answer.usage));
-        self.close(close, chat, also).await
-    }
-
-    /// Step 3: the model failed; give the credits back and store the chat as refunded.
-    /// `message` is `None` for an abandoned charge, whose message died with its process.
-    /// `also` joins the same transaction (the idempotency record's outcome).
-    /// `Ok(false)`: the charge was already closed, and nothing changed.
-    pub async fn refund(
-        &self,
-        charge: &OpenCharge,
-        message: Option<&str>,
-        reason: &str,
-        also: Option<TransactWriteItem>,
-    ) -> Result<bool, Error> {
-        let close = self.close_charge(charge, Close::GiveBack)?;
-        let mut chat = chat_item(charge, message.unwrap_or(""), ChargeState::Refunded);
-        chat.insert("reason".into(), s(reason));
-        self.close(close, chat, also).await
-    }
-
-    /// The user's chats, oldest first.
-    pub async fn chats(&self, user_key: &str) -> Result<Vec<ChatRecord>, Error> {
-        let pages = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :chat)")
-            .expression_attribute_values(":pk", user_pk(user_key))
-            .expression_attribute_values(":chat", s(CHAT_PREFIX))
-            .consistent_read(true)
-            .into_paginator()
-            .items()
-            .send()
-            .collect::<Result<Vec<_>, _>>()
-            .await
-            .map_err(Error::dynamo("Query"))?;
-        pages.iter().map(chat_record).collect()
-    }
-
-    /// The user-item half of settle and refund: removes the open charge, if it is still
-    /// open, and for a refund gives its cost back.
-    fn close_charge(&self, charge: &OpenCharge, close: Close) -> Result<TransactWriteItem, Error> {
-        let update = Update::builder()
-            .table_name(&self.table)
-            .key(PK, user_pk(&charge.user_key))
-            .key(SK, s(PROFILE))
-            .condition_expression("attribute_exists(pending.#charge)")
-            .expression_attribute_names("#charge", &charge.id);
-        let update = match close {
-            Close::Keep => update.update_expression("REMOVE pending.#charge"),
-            Close::GiveBack => update
-                .update_expression("SET tokens = tokens + :cost REMOVE pending.#charge")
-                .expression_attribute_values(":cost", n(charge.cost)),
-        };
-        let update = update.build().map_err(Error::dynamo("build Update"))?;
-        Ok(TransactWriteItem::builder().update(update).build())
-    }
-
-    async fn close(
-        &self,
-        close: TransactWriteItem,
-        chat: Item,
-        also: Option<TransactWriteItem>,
-    ) -> Result<bool, Error> {
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(chat))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(Error::dynamo("build Put"))?;
-        let mut request = self
-            .client
-            .transact_write_items()
-            .transact_items(close)
-            .transact_items(TransactWriteItem::builder().put(put).build());
-        if let Some(also) = also {
-            request = request.transact_items(also);
-        }
-        let result = request.send().await;
-        match result.map_err(|e| e.into_service_error()) {
-            Ok(_) => Ok(true),
-            Err(TransactWriteItemsError::TransactionCanceledException(e))
-                if e.cancellation_reasons()
-                    .iter()
-                    .any(|r| r.code() == Some("ConditionalCheckFailed")) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(Error::dynamo("TransactWriteItems")(e)),
-        }
-    }
+pub enum ChatOutcome<'a> {
+    Answered {
+        message: &'a str,
+        response: &'a str,
+        model: &'a str,
+        usage: Usage,
+        /// The balance reported with the answer.
+        balance: u64,
+    },
+    Refunded {
+        /// `None` for an abandoned charge, whose message died with its process.
+        message: Option<&'a str>,
+        reason: &'a str,
+    },
 }
 
 /// What closing a charge does with its credits.
-#[derive(Clone, Copy)]
-enum Close {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
     /// Settle: the credits stay spent.
     Keep,
     /// Refund: the credits go back to the balance.
     GiveBack,
 }
 
-fn chat_item(charge: &OpenCharge, message: &str, state: ChargeState) -> Item {
-    HashMap::from([
-        (PK.to_owned(), user_pk(&charge.user_key)),
-        (SK.to_owned(), s(format!("{CHAT_PREFIX}{}", charge.id))),
-        ("message".to_owned(), s(message)),
-        ("cost".to_owned(), n(charge.cost)),
-        ("state".to_owned(), s(state.as_str())),
-        ("created_at".to_owned(), n(charge.opened_at)),
-        ("settled_at".to_owned(), n(now_millis())),
-    ])
+impl Store {
+    /// Takes `charge.cost` credits if the balance covers them, recording the charge as
+    /// pending in the same write.
+    pub async fn debit(&self, charge: &OpenCharge) -> Result<Debit, Error> {
+        let entry = AttributeValue::M(HashMap::from([
+            ("cost".to_owned(), n(charge.cost)),
+            ("opened_at".to_owned(), n(charge.opened_at)),
+            ("conversation".to_owned(), s(&charge.conversation_id)),
+        ]));
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, user_pk(&charge.user_key))
+            .key(SK, s(PROFILE))
+            .update_expression("SET tokens = tokens - :cost, pending.#charge = :entry")
+            // `attribute_not_exists(pending.#charge)`: a retry of a debit that landed
+            // must not take the cost twice (it fails here and finds its own entry).
+            .condition_expression(
+                "attribute_exists(pk) AND tokens >= :cost AND attribute_not_exists(pending.#charge)",
+            )
+            .expression_attribute_names("#charge", &charge.id)
+            .expression_attribute_values(":cost", n(charge.cost))
+            .expression_attribute_values(":entry", entry)
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let user = &charge.user_key;
+        let debited = |item: &Item| -> Result<Debit, Error> {
+            let mut open = open_charges(user, item)?;
+            open.retain(|c| c.id != charge.id);
+            Ok(Debit::Debited {
+                balance: get_n(item, "tokens")?,
+                open,
+            })
+        };
+        match self.send("UpdateItem", || update.clone().send()).await {
+            Ok(out) => debited(&out.attributes.unwrap_or_default()),
+            Err(failure) => match failure.service_error("UpdateItem")? {
+                UpdateItemError::ConditionalCheckFailedException(e) => match e.item {
+                    None => Ok(Debit::NoAccount),
+                    Some(item) if has_pending(&item, &charge.id) => debited(&item),
+                    Some(item) => Ok(Debit::Insufficient {
+                        balance: get_n(&item, "tokens")?,
+                        open: open_charges(user, &item)?,
+                    }),
+                },
+                e => Err(Error::dynamo("UpdateItem")(e)),
+            },
+        }
+    }
+
+    /// Writes the chat item of `charge`. `Ok(false)`: it was already written (by this
+    /// request's own earlier attempt, or by recovery), and nothing changed.
+    pub async fn record_chat(
+        &self,
+        charge: &OpenCharge,
+        outcome: ChatOutcome<'_>,
+    ) -> Result<bool, Error> {
+        let mut item = charge.chat_key();
+        item.extend([
+            ("conversation_id".to_owned(), s(&charge.conversation_id)),
+            ("cost".to_owned(), n(charge.cost)),
+            ("created_at".to_owned(), n(charge.opened_at)),
+            ("settled_at".to_owned(), n(now_millis())),
+        ]);
+        match outcome {
+            ChatOutcome::Answered {
+                message,
+                response,
+                model,
+                usage,
+                balance,
+            } => item.extend([
+                ("state".to_owned(), s(ChargeState::Completed.as_str())),
+                ("message".to_owned(), s(message)),
+                ("response".to_owned(), s(response)),
+                ("model".to_owned(), s(model)),
+                ("usage".to_owned(), usage_value(&usage)),
+                ("balance".to_owned(), n(balance)),
+            ]),
+            ChatOutcome::Refunded { message, reason } => item.extend([
+                ("state".to_owned(), s(ChargeState::Refunded.as_str())),
+                ("message".to_owned(), s(message.unwrap_or(""))),
+                ("reason".to_owned(), s(reason)),
+            ]),
+        }
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)");
+        match self.send("PutItem", || put.clone().send()).await {
+            Ok(_) => Ok(true),
+            Err(failure) => match failure.service_error("PutItem")? {
+                PutItemError::ConditionalCheckFailedException(_) => Ok(false),
+                e => Err(Error::dynamo("PutItem")(e)),
+            },
+        }
+    }
+
+    /// Closes `charge`: removes it from `pending` and keeps or gives back its cost, if
+    /// it is still pending. `Ok(false)`: it was no longer pending, and nothing changed.
+    pub async fn close_charge(&self, charge: &OpenCharge, close: Close) -> Result<bool, Error> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, user_pk(&charge.user_key))
+            .key(SK, s(PROFILE))
+            .update_expression(match close {
+                Close::Keep => "ADD spent :cost REMOVE pending.#charge",
+                Close::GiveBack => "ADD tokens :cost REMOVE pending.#charge",
+            })
+            .condition_expression("attribute_exists(pending.#charge)")
+            .expression_attribute_names("#charge", &charge.id)
+            .expression_attribute_values(":cost", n(charge.cost));
+        match self.send("UpdateItem", || update.clone().send()).await {
+            Ok(_) => Ok(true),
+            Err(failure) => match failure.service_error("UpdateItem")? {
+                UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
+                e => Err(Error::dynamo("UpdateItem")(e)),
+            },
+        }
+    }
+
+    /// The states of the chat items of `charges` (one consistent `BatchGetItem`);
+    /// a charge with no chat item is absent from the map.
+    pub async fn chat_states(
+        &self,
+        charges: &[OpenCharge],
+    ) -> Result<HashMap<String, ChargeState>, Error> {
+        let mut states = HashMap::new();
+        // BatchGetItem takes up to 100 keys; open charges are few.
+        for chunk in charges.chunks(100) {
+            let mut keys = KeysAndAttributes::builder()
+                .consistent_read(true)
+                .projection_expression("sk, #state")
+                .expression_attribute_names("#state", "state");
+            for charge in chunk {
+                keys = keys.keys(charge.chat_key());
+            }
+            let keys = keys.build().map_err(Error::dynamo("build BatchGetItem"))?;
+            let mut request = HashMap::from([(self.table.clone(), keys)]);
+            // Unprocessed keys (throttling inside the batch) are asked again.
+            while !request.is_empty() {
+                let get = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(request.clone()));
+                let out = self
+                    .send("BatchGetItem", || get.clone().send())
+                    .await
+                    .map_err(|f| f.into_error("BatchGetItem"))?;
+                for item in out
+                    .responses
+                    .unwrap_or_default()
+                    .remove(&self.table)
+                    .unwrap_or_default()
+                {
+                    let sk = get_s(&item, SK)?;
+                    let id = sk.rsplit('#').next().unwrap_or_default().to_owned();
+                    states.insert(id, ChargeState::parse(&get_s(&item, "state")?)?);
+                }
+                request = out.unprocessed_keys.unwrap_or_default();
+            }
+        }
+        Ok(states)
+    }
+
+    /// The chat item of `charge`, if it was written.
+    pub async fn chat(&self, charge: &OpenCharge) -> Result<Option<ChatRecord>, Error> {
+        let get = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(charge.chat_key()))
+            .consistent_read(true);
+        let out = self
+            .send("GetItem", || get.clone().send())
+            .await
+            .map_err(|f| f.into_error("GetItem"))?;
+        out.item.as_ref().map(chat_record).transpose()
+    }
+
+    /// The user's chats, oldest conversation first.
+    pub async fn chats(&self, user_key: &str) -> Result<Vec<ChatRecord>, Error> {
+        let mut records = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :chat)")
+                .expression_attribute_values(":pk", user_pk(user_key))
+                .expression_attribute_values(":chat", s(CHAT_PREFIX))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            let out = self
+                .send("Query", || query.clone().send())
+                .await
+                .map_err(|f| f.into_error("Query"))?;
+            for item in out.items.unwrap_or_default() {
+                records.push(chat_record(&item)?);
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(records),
+            }
+        }
+    }
+}
+
+fn has_pending(item: &Item, charge_id: &str) -> bool {
+    matches!(item.get("pending"), Some(AttributeValue::M(p)) if p.contains_key(charge_id))
 }
 
 fn usage_value(usage: &Usage) -> AttributeValue {
@@ -319,13 +393,8 @@ fn usage_value(usage: &Usage) -> AttributeValue {
     ]))
 }
 
-fn chat_record(item: &Item) -> Result<ChatRecord, Error> {
+pub(crate) fn chat_record(item: &Item) -> Result<ChatRecord, Error> {
     let sk = get_s(item, SK)?;
-    let state = match get_s(item, "state")?.as_str() {
-        "completed" => ChargeState::Completed,
-        "refunded" => ChargeState::Refunded,
-        other => return Err(Error::Corrupt(format!("unknown chat state {other:?}"))),
-    };
     let usage = match item.get("usage") {
         Some(AttributeValue::M(m)) => Some(Usage {
             prompt_tokens: get_n(m, "prompt_tokens")?,
@@ -336,14 +405,19 @@ fn chat_record(item: &Item) -> Result<ChatRecord, Error> {
         _ => None,
     };
     Ok(ChatRecord {
-        id: sk.trim_start_matches(CHAT_PREFIX).to_owned(),
-        message: get_s(item, "message")?,
+        id: sk.rsplit('#').next().unwrap_or_default().to_owned(),
+        conversation_id: get_s(item, "conversation_id")?,
+        message: get_opt_s(item, "message").unwrap_or_default(),
         response: get_opt_s(item, "response"),
         model: get_opt_s(item, "model"),
         cost: get_n(item, "cost")?,
-        state,
+        state: ChargeState::parse(&get_s(item, "state")?)?,
         usage,
         reason: get_opt_s(item, "reason"),
+        balance: item
+            .contains_key("balance")
+            .then(|| get_n(item, "balance"))
+            .transpose()?,
         created_at: get_n(item, "created_at")?,
         settled_at: get_n(item, "settled_at")?,
     })

@@ -1,59 +1,62 @@
 //! Idempotency records: one per (user, `Idempotency-Key`), kept 24 hours.
 //!
-//! A chat sent with a key first claims the key. The first request's outcome is written
-//! into the record in the same transaction that settles or refunds its charge, so a
-//! record says `done` exactly when the charge is closed; retries then get the stored
-//! response instead of a second charge.
+//! A chat sent with a key first claims the key for its charge (the record names the
+//! charge as its `owner`). When the chat ends, the service's outcome is written into the
+//! record; a retry then gets that outcome instead of a second charge. The record holds the
+//! outcome as the service serialised it: the store does not read it.
 
 use std::time::Duration;
 
 use aws_sdk_dynamodb::{
-    operation::{put_item::PutItemError, update_item::UpdateItemError},
-    types::{Delete, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update},
+    operation::{
+        delete_item::DeleteItemError, put_item::PutItemError, update_item::UpdateItemError,
+    },
+    types::{AttributeValue, ReturnValuesOnConditionCheckFailure},
 };
 
-use super::{Error, Item, PK, SK, Store, TTL_ATTRIBUTE, get_n, get_s, n, now_millis, s, user_pk};
+use super::{Error, PK, SK, Store, TTL_ATTRIBUTE, get_n, get_s, n, now_millis, s, user_pk};
 
 /// How long a key is remembered.
 pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
 
-/// A response kept for replay.
+/// Who holds a key: the charge of the request that claimed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredResponse {
-    pub status: u16,
-    pub body: String,
-    pub balance: Option<u64>,
+pub struct KeyOwner {
+    pub charge_id: String,
+    pub conversation_id: String,
 }
 
 #[derive(Debug)]
 pub enum Claim {
     /// The key is this request's: go ahead.
     Claimed,
-    /// The first request with this key finished: answer with its response.
-    Replay(StoredResponse),
-    /// The key was first used for a different message.
+    /// The first request with this key finished: its outcome, as stored.
+    Replay(String),
+    /// The key was first used for a different request.
     Mismatch,
     /// The first request with this key is still running.
     InProgress,
+    /// The first request claimed the key longer ago than the charge timeout and never
+    /// finished: its process died. Its charge tells what became of it.
+    Stale { owner: KeyOwner, started_at: u64 },
 }
 
-fn idem_sk(key: &str) -> aws_sdk_dynamodb::types::AttributeValue {
+fn idem_sk(key: &str) -> AttributeValue {
     s(format!("IDEM#{key}"))
 }
 
 impl Store {
-    /// Claims `key` for this user and request `fingerprint`. A claim left `running` for
-    /// longer than `takeover_after` belongs to a request whose process died; a retry
-    /// takes it over (its charge is recovered like any abandoned one).
+    /// Claims `key` for this user, request `fingerprint` and charge `owner`.
     pub async fn claim_idempotency_key(
         &self,
         user_key: &str,
         key: &str,
         fingerprint: &str,
-        takeover_after: Duration,
+        owner: &KeyOwner,
+        stale_after: Duration,
     ) -> Result<Claim, Error> {
         let now = now_millis();
-        let result = self
+        let put = self
             .client
             .put_item()
             .table_name(&self.table)
@@ -61,129 +64,131 @@ impl Store {
             .item(SK, idem_sk(key))
             .item("state", s("running"))
             .item("fingerprint", s(fingerprint))
+            .item("owner", s(&owner.charge_id))
+            .item("conversation", s(&owner.conversation_id))
             .item("started_at", n(now))
             .item(TTL_ATTRIBUTE, n((now / 1000) + RETENTION.as_secs()))
             .condition_expression("attribute_not_exists(pk) OR #ttl < :now")
             .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
             .expression_attribute_values(":now", n(now / 1000))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        let old = match result.map_err(|e| e.into_service_error()) {
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let old = match self.send("PutItem", || put.clone().send()).await {
             Ok(_) => return Ok(Claim::Claimed),
-            Err(PutItemError::ConditionalCheckFailedException(e)) => e.item.unwrap_or_default(),
-            Err(e) => return Err(Error::dynamo("PutItem")(e)),
+            Err(failure) => match failure.service_error("PutItem")? {
+                PutItemError::ConditionalCheckFailedException(e) => e.item.unwrap_or_default(),
+                e => return Err(Error::dynamo("PutItem")(e)),
+            },
         };
         if get_s(&old, "fingerprint")? != fingerprint {
             return Ok(Claim::Mismatch);
         }
         if get_s(&old, "state")? == "done" {
-            return Ok(Claim::Replay(stored_response(&old)?));
+            return Ok(Claim::Replay(get_s(&old, "outcome")?));
+        }
+        let old_owner = KeyOwner {
+            charge_id: get_s(&old, "owner")?,
+            conversation_id: get_s(&old, "conversation")?,
+        };
+        if old_owner == *owner {
+            return Ok(Claim::Claimed); // our own claim, from an attempt whose answer was lost
         }
         let started_at = get_n(&old, "started_at")?;
-        if now.saturating_sub(started_at) <= takeover_after.as_millis() as u64 {
+        if now.saturating_sub(started_at) <= stale_after.as_millis() as u64 {
             return Ok(Claim::InProgress);
         }
-        self.take_over(user_key, key, started_at, now).await
+        Ok(Claim::Stale {
+            owner: old_owner,
+            started_at,
+        })
     }
 
-    async fn take_over(
+    /// Moves a stale claim to `owner`. `Ok(false)`: another retry took it first.
+    pub async fn take_over_idempotency_key(
         &self,
         user_key: &str,
         key: &str,
-        started_at: u64,
-        now: u64,
-    ) -> Result<Claim, Error> {
-        let result = self
+        stale: &KeyOwner,
+        owner: &KeyOwner,
+    ) -> Result<bool, Error> {
+        let update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, user_pk(user_key))
             .key(SK, idem_sk(key))
-            .update_expression("SET started_at = :now")
-            .condition_expression("#state = :running AND started_at = :then")
+            .update_expression("SET started_at = :now, #owner = :me, conversation = :conv")
+            .condition_expression("#state = :running AND (#owner = :then OR #owner = :me)")
             .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":now", n(now))
-            .expression_attribute_values(":then", n(started_at))
-            .expression_attribute_values(":running", s("running"))
-            .send()
-            .await;
-        match result.map_err(|e| e.into_service_error()) {
-            Ok(_) => Ok(Claim::Claimed),
-            // Another retry took it over first.
-            Err(UpdateItemError::ConditionalCheckFailedException(_)) => Ok(Claim::InProgress),
-            Err(e) => Err(Error::dynamo("UpdateItem")(e)),
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":now", n(now_millis()))
+            .expression_attribute_values(":me", s(&owner.charge_id))
+            .expression_attribute_values(":conv", s(&owner.conversation_id))
+            .expression_attribute_values(":then", s(&stale.charge_id))
+            .expression_attribute_values(":running", s("running"));
+        match self.send("UpdateItem", || update.clone().send()).await {
+            Ok(_) => Ok(true),
+            Err(failure) => match failure.service_error("UpdateItem")? {
+                UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
+                e => Err(Error::dynamo("UpdateItem")(e)),
+            },
         }
     }
 
-    /// The write that records the outcome, to join the settle or refund transaction.
-    pub fn idempotency_done(
+    /// Stores the outcome of the request that owns the key. `Ok(false)`: the key is no
+    /// longer this owner's (it was taken over), and nothing changed.
+    pub async fn finish_idempotency_key(
         &self,
         user_key: &str,
         key: &str,
-        response: &StoredResponse,
-    ) -> Result<TransactWriteItem, Error> {
-        let expression = match response.balance {
-            Some(_) => "SET #state = :done, #status = :status, body = :body, balance = :balance",
-            None => "SET #state = :done, #status = :status, body = :body",
-        };
-        let update = Update::builder()
+        owner: &KeyOwner,
+        outcome: &str,
+    ) -> Result<bool, Error> {
+        let update = self
+            .client
+            .update_item()
             .table_name(&self.table)
             .key(PK, user_pk(user_key))
             .key(SK, idem_sk(key))
-            .update_expression(expression)
-            .condition_expression("attribute_exists(pk)")
+            .update_expression("SET #state = :done, outcome = :outcome")
+            .condition_expression("#owner = :me")
             .expression_attribute_names("#state", "state")
-            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#owner", "owner")
             .expression_attribute_values(":done", s("done"))
-            .expression_attribute_values(":status", n(response.status))
-            .expression_attribute_values(":body", s(&response.body));
-        let update = match response.balance {
-            Some(balance) => update.expression_attribute_values(":balance", n(balance)),
-            None => update,
-        };
-        let update = update.build().map_err(Error::dynamo("build Update"))?;
-        Ok(TransactWriteItem::builder().update(update).build())
+            .expression_attribute_values(":outcome", s(outcome))
+            .expression_attribute_values(":me", s(&owner.charge_id));
+        match self.send("UpdateItem", || update.clone().send()).await {
+            Ok(_) => Ok(true),
+            Err(failure) => match failure.service_error("UpdateItem")? {
+                UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
+                e => Err(Error::dynamo("UpdateItem")(e)),
+            },
+        }
     }
 
-    /// The write that forgets the key (nothing was charged, so a retry may run anew),
-    /// to join a refund transaction.
-    pub fn idempotency_release(
+    /// Forgets the key, if `owner` still holds it: the request ended without a charge
+    /// (or with its charge refunded for a reason that may not recur), so a retry may run
+    /// anew.
+    pub async fn release_idempotency_key(
         &self,
         user_key: &str,
         key: &str,
-    ) -> Result<TransactWriteItem, Error> {
-        let delete = Delete::builder()
-            .table_name(&self.table)
-            .key(PK, user_pk(user_key))
-            .key(SK, idem_sk(key))
-            .build()
-            .map_err(Error::dynamo("build Delete"))?;
-        Ok(TransactWriteItem::builder().delete(delete).build())
-    }
-
-    /// Forgets the key when the request ended before anything was charged.
-    pub async fn release_idempotency_key(&self, user_key: &str, key: &str) -> Result<(), Error> {
-        self.client
+        owner: &KeyOwner,
+    ) -> Result<(), Error> {
+        let delete = self
+            .client
             .delete_item()
             .table_name(&self.table)
             .key(PK, user_pk(user_key))
             .key(SK, idem_sk(key))
-            .send()
-            .await
-            .map_err(Error::dynamo("DeleteItem"))?;
-        Ok(())
+            .condition_expression("#owner = :me")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":me", s(&owner.charge_id));
+        match self.send("DeleteItem", || delete.clone().send()).await {
+            Ok(_) => Ok(()),
+            Err(failure) => match failure.service_error("DeleteItem")? {
+                DeleteItemError::ConditionalCheckFailedException(_) => Ok(()),
+                e => Err(Error::dynamo("DeleteItem")(e)),
+            },
+        }
     }
-}
-
-fn stored_response(item: &Item) -> Result<StoredResponse, Error> {
-    Ok(StoredResponse {
-        status: u16::try_from(get_n(item, "status")?)
-            .map_err(|_| Error::Corrupt("stored status out of range".into()))?,
-        body: get_s(item, "body")?,
-        balance: item
-            .contains_key("balance")
-            .then(|| get_n(item, "balance"))
-            .transpose()?,
-    })
 }

@@ -3,13 +3,14 @@
 //!
 //! | item    | pk                  | sk             | attributes |
 //! |---------|---------------------|----------------|------------|
-//! | user    | `USER#<name key>`   | `PROFILE`      | username, password_hash, tokens, granted, pending (map of open charges), created_at |
+//! | user    | `USER#<name key>`   | `PROFILE`      | username, password_hash, tokens, granted, spent, pending (map of open charges), created_at |
 //! | session | `SESSION#<sha256>`  | `SESSION`      | user_key, expires_at (TTL), created_at |
-//! | chat    | `USER#<name key>`   | `CHAT#<uuidv7>`| message, response, model, cost, state, usage, reason, created_at, settled_at |
-//! | idempotency | `USER#<name key>` | `IDEM#<client key>` | state, fingerprint, started_at, status, body, balance, expires_at (TTL) |
+//! | chat    | `USER#<name key>`   | `CHAT#<conversation>#<charge uuidv7>`| conversation_id, message, response, model, cost, state, usage, balance, reason, created_at, settled_at |
+//! | idempotency | `USER#<name key>` | `IDEM#<client key>` | state, fingerprint, owner (charge id), conversation, started_at, outcome, expires_at (TTL) |
 
 mod credits;
 mod idempotency;
+mod retry;
 mod sessions;
 mod users;
 
@@ -18,13 +19,15 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use aws_config::{SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_dynamodb::{Client, types::AttributeValue};
 
-pub use credits::{Answered, ChargeState, ChatRecord, Debit, OpenCharge};
-pub use idempotency::{Claim, StoredResponse};
+pub use credits::{ChargeState, ChatOutcome, ChatRecord, Close, Debit, OpenCharge};
+pub use idempotency::{Claim, KeyOwner};
+pub use retry::RetryPolicy;
 pub use sessions::Session;
-pub use users::Ledger;
 pub use users::UserCredentials;
+pub use users::{Account, Ledger};
 
 use crate::error::BoxError;
 
@@ -44,12 +47,25 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// Conflicts, throttling or server errors outlasted the retries (or the time
+    /// budget ran out): the request may succeed if tried again shortly.
+    #[error("DynamoDB {op} kept failing transiently")]
+    Unavailable {
+        op: &'static str,
+        #[source]
+        source: Option<BoxError>,
+    },
     #[error("stored item is malformed: {0}")]
     Corrupt(String),
 }
 
 impl Error {
-    fn dynamo<E>(op: &'static str) -> impl FnOnce(E) -> Self
+    /// Transient trouble that outlasted the retries: worth trying again later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+
+    pub(crate) fn dynamo<E>(op: &'static str) -> impl FnOnce(E) -> Self
     where
         E: std::error::Error + Send + Sync + 'static,
     {
@@ -65,13 +81,26 @@ impl Error {
 pub struct Store {
     client: Client,
     table: String,
+    retry: RetryPolicy,
 }
 
 impl Store {
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    /// The store every function uses: a DynamoDB client whose own retries are off (the
+    /// store retries, see [`RetryPolicy`]) and whose every attempt has a time limit.
+    pub fn connect(sdk: &SdkConfig, table: impl Into<String>, retry: RetryPolicy) -> Self {
+        let config = aws_sdk_dynamodb::config::Builder::from(sdk)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(retry.attempt_timeout)
+                    .operation_timeout(retry.budget)
+                    .build(),
+            )
+            .build();
         Self {
-            client,
+            client: Client::from_conf(config),
             table: table.into(),
+            retry,
         }
     }
 

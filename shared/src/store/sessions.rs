@@ -24,33 +24,36 @@ fn session_pk(digest: &str) -> aws_sdk_dynamodb::types::AttributeValue {
 
 impl Store {
     pub async fn put_session(&self, digest: &str, session: &Session) -> Result<(), Error> {
-        self.client
+        let put = self
+            .client
             .put_item()
             .table_name(&self.table)
             .item(PK, session_pk(digest))
             .item(SK, s(SESSION))
             .item("user_key", s(&session.user_key))
             .item(TTL_ATTRIBUTE, n(session.expires_at))
-            .item("created_at", n(now_millis()))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
+            .item("created_at", n(now_millis()));
+        // No condition: the digest is of 256 fresh random bits, and a retried put whose
+        // first attempt landed must not fail.
+        self.send("PutItem", || put.clone().send())
             .await
-            .map_err(Error::dynamo("PutItem"))?;
+            .map_err(|f| f.into_error("PutItem"))?;
         Ok(())
     }
 
     pub async fn session(&self, digest: &str) -> Result<Option<Session>, Error> {
-        let out = self
+        let get = self
             .client
             .get_item()
             .table_name(&self.table)
             .key(PK, session_pk(digest))
             .key(SK, s(SESSION))
             // A token must work the moment login returns it.
-            .consistent_read(true)
-            .send()
+            .consistent_read(true);
+        let out = self
+            .send("GetItem", || get.clone().send())
             .await
-            .map_err(Error::dynamo("GetItem"))?;
+            .map_err(|f| f.into_error("GetItem"))?;
         let Some(item) = out.item else {
             return Ok(None);
         };

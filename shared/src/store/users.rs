@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::{operation::put_item::PutItemError, types::AttributeValue};
+use aws_sdk_dynamodb::{
+    operation::put_item::PutItemError,
+    types::{AttributeValue, ReturnValuesOnConditionCheckFailure},
+};
 
 use super::{Error, PK, SK, Store, get_n, get_s, n, now_millis, s, user_pk};
 use crate::domain::Username;
@@ -14,6 +17,15 @@ pub(crate) const PROFILE: &str = "PROFILE";
 pub struct Ledger {
     /// Every credit ever given to the account.
     pub granted: u64,
+    pub balance: u64,
+    /// Credits of closed, answered charges.
+    pub spent: u64,
+    pub open: Vec<super::OpenCharge>,
+}
+
+/// The balance and the charges still holding credits.
+#[derive(Debug)]
+pub struct Account {
     pub balance: u64,
     pub open: Vec<super::OpenCharge>,
 }
@@ -32,7 +44,7 @@ impl Store {
         password_hash: &str,
         tokens: u64,
     ) -> Result<bool, Error> {
-        let result = self
+        let put = self
             .client
             .put_item()
             .table_name(&self.table)
@@ -42,15 +54,20 @@ impl Store {
             .item("password_hash", s(password_hash))
             .item("tokens", n(tokens))
             .item("granted", n(tokens))
+            .item("spent", n(0))
             .item("pending", AttributeValue::M(HashMap::new()))
             .item("created_at", n(now_millis()))
             .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result.map_err(|e| e.into_service_error()) {
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        match self.send("PutItem", || put.clone().send()).await {
             Ok(_) => Ok(true),
-            Err(PutItemError::ConditionalCheckFailedException(_)) => Ok(false),
-            Err(e) => Err(Error::dynamo("PutItem")(e)),
+            Err(failure) => match failure.service_error("PutItem")? {
+                // A retry whose first attempt landed finds its own hash there.
+                PutItemError::ConditionalCheckFailedException(e) => Ok(e.item.is_some_and(|old| {
+                    get_s(&old, "password_hash").ok().as_deref() == Some(password_hash)
+                })),
+                e => Err(Error::dynamo("PutItem")(e)),
+            },
         }
     }
 
@@ -64,22 +81,29 @@ impl Store {
         }))
     }
 
-    /// The current credit balance.
-    pub async fn balance(&self, user_key: &str) -> Result<Option<u64>, Error> {
-        match self.get_user(user_key, "tokens").await? {
-            Some(item) => Ok(Some(get_n(&item, "tokens")?)),
-            None => Ok(None),
-        }
+    /// The current credit balance and the open charges.
+    pub async fn account(&self, user_key: &str) -> Result<Option<Account>, Error> {
+        let Some(item) = self.get_user(user_key, "tokens, pending").await? else {
+            return Ok(None);
+        };
+        Ok(Some(Account {
+            balance: get_n(&item, "tokens")?,
+            open: super::credits::open_charges(user_key, &item)?,
+        }))
     }
 
     /// Credits granted, the balance and the open charges, read in one consistent read.
     pub async fn ledger(&self, user_key: &str) -> Result<Option<Ledger>, Error> {
-        let Some(item) = self.get_user(user_key, "granted, tokens, pending").await? else {
+        let Some(item) = self
+            .get_user(user_key, "granted, tokens, spent, pending")
+            .await?
+        else {
             return Ok(None);
         };
         Ok(Some(Ledger {
             granted: get_n(&item, "granted")?,
             balance: get_n(&item, "tokens")?,
+            spent: get_n(&item, "spent")?,
             open: super::credits::open_charges(user_key, &item)?,
         }))
     }
@@ -89,17 +113,18 @@ impl Store {
         user_key: &str,
         projection: &str,
     ) -> Result<Option<super::Item>, Error> {
-        let out = self
+        let get = self
             .client
             .get_item()
             .table_name(&self.table)
             .key(PK, user_pk(user_key))
             .key(SK, s(PROFILE))
             .projection_expression(projection)
-            .consistent_read(true)
-            .send()
+            .consistent_read(true);
+        let out = self
+            .send("GetItem", || get.clone().send())
             .await
-            .map_err(Error::dynamo("GetItem"))?;
+            .map_err(|f| f.into_error("GetItem"))?;
         Ok(out.item)
     }
 }

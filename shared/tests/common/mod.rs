@@ -30,6 +30,8 @@ pub fn config(table: &str) -> Config {
         token_ttl: Duration::from_secs(30 * 86_400),
         max_message_chars: 8000,
         charge_timeout: Duration::from_secs(60),
+        function_timeout: Duration::from_secs(29),
+        store_retry: Default::default(),
     }
 }
 

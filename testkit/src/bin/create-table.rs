@@ -18,7 +18,8 @@ async fn main() {
 }
 
 async fn run(name: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let client = aws_sdk_dynamodb::Client::new(&shared::aws::config().await);
+    let store = Store::connect(&shared::aws::config().await, name, Default::default());
+    let client = store.client();
     if client
         .describe_table()
         .table_name(name)
@@ -28,12 +29,12 @@ async fn run(name: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
     {
         eprintln!("table {name} exists; keeping its data");
     } else {
-        TableSpec::ours().create(&client, name).await?;
+        TableSpec::ours().create(client, name).await?;
         eprintln!("created table {name} from template.yaml");
     }
     let config = shared::Config::from_env().ok();
     let start_tokens = config.map_or(4000, |c| c.start_tokens);
-    demo::seed(&Store::new(client, name), start_tokens).await?;
+    demo::seed(&store, start_tokens).await?;
     eprintln!(
         "demo users: {} / {} (token in events/chat.json) and {} ({} credits)",
         demo::DEMO_USER,

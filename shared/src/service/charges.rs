@@ -1,0 +1,234 @@
+//! The charge lifecycle: hold, then settle or refund. Every entry point that spends
+//! credits (buffered chat, streamed chat) goes through here; none of it knows HTTP.
+//!
+//! - **Hold** ([`Charges::hold`]): the debit, one conditional write that takes the cost
+//!   only if the balance covers it and records the charge as pending.
+//! - **Settle** ([`Charges::settle`]), once the model answered: the chat item with the
+//!   answer and the close of the charge (cost kept), written side by side. The answer
+//!   counts as given once either write landed: the chat item makes it durable, the close
+//!   makes it paid. If neither landed the caller must not hand the answer out.
+//! - **Refund** ([`Charges::refund`]), when the model failed: the close (cost given back)
+//!   and the chat item saying why, side by side.
+//! - **Recovery** ([`Charges::recover`]): a charge still pending after the charge timeout
+//!   belongs to a request that is no longer running. If its chat item says it was
+//!   answered it is settled, otherwise refunded. It runs alongside the model call of the
+//!   user's next chat, so it costs that chat no time.
+//!
+//! Every store call retries transient failures within its budget (see
+//! `store::RetryPolicy`); what reaches this layer as an error outlasted that.
+
+use std::time::Duration;
+
+use crate::{
+    domain::Usage,
+    error::Chain,
+    store::{self, ChargeState, ChatOutcome, Close, Debit, OpenCharge, Store, now_millis},
+};
+
+/// Why an abandoned charge was refunded.
+pub const ABANDONED: &str = "abandoned: the request stopped before its charge was settled";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChargeError {
+    #[error("not enough credits: {cost} needed, {balance} held")]
+    Insufficient { balance: u64, cost: u64 },
+    #[error("no such account")]
+    NoAccount,
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// Credits held for one chat.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub charge: OpenCharge,
+    /// The balance right after the debit.
+    pub balance: u64,
+    /// The user's charges found abandoned by the debit, for [`Charges::recover`].
+    pub abandoned: Vec<OpenCharge>,
+}
+
+/// What the model gave back, to be kept with the chat.
+#[derive(Debug, Clone, Copy)]
+pub struct Answered<'a> {
+    pub message: &'a str,
+    pub response: &'a str,
+    pub model: &'a str,
+    pub usage: Usage,
+    /// The balance the answer reports.
+    pub balance: u64,
+}
+
+/// The charge rules, over one store.
+#[derive(Debug, Clone, Copy)]
+pub struct Charges<'a> {
+    store: &'a Store,
+    /// When a pending charge counts as abandoned.
+    timeout: Duration,
+}
+
+impl<'a> Charges<'a> {
+    pub fn new(store: &'a Store, timeout: Duration) -> Self {
+        Self { store, timeout }
+    }
+
+    /// Takes the charge's cost. A debit refused for want of credits is tried once more
+    /// if recovering the user's abandoned charges gave some back.
+    pub async fn hold(&self, charge: OpenCharge) -> Result<Hold, ChargeError> {
+        let mut recovered = false;
+        loop {
+            match self.store.debit(&charge).await? {
+                Debit::Debited { balance, open } => {
+                    let abandoned = self.abandoned(open);
+                    return Ok(Hold {
+                        charge,
+                        balance,
+                        abandoned,
+                    });
+                }
+                Debit::Insufficient { balance, open } => {
+                    let back = match recovered {
+                        true => 0,
+                        false => self.recover(&self.abandoned(open)).await,
+                    };
+                    if back == 0 {
+                        return Err(ChargeError::Insufficient {
+                            balance,
+                            cost: charge.cost,
+                        });
+                    }
+                    recovered = true;
+                }
+                Debit::NoAccount => return Err(ChargeError::NoAccount),
+            }
+        }
+    }
+
+    /// The model answered: make the answer durable and the charge paid.
+    /// `Err`: neither write landed, so the answer must not be handed out; the charge
+    /// stays pending and recovery refunds it.
+    pub async fn settle(&self, hold: &Hold, answer: Answered<'_>) -> Result<(), ChargeError> {
+        let charge = &hold.charge;
+        let record = ChatOutcome::Answered {
+            message: answer.message,
+            response: answer.response,
+            model: answer.model,
+            usage: answer.usage,
+            balance: answer.balance,
+        };
+        let (recorded, closed) = tokio::join!(
+            self.store.record_chat(charge, record),
+            self.store.close_charge(charge, Close::Keep),
+        );
+        match (recorded, closed) {
+            (Ok(_), Ok(_)) => Ok(()),
+            (Err(e), Ok(_)) => {
+                // Paid, but the history lacks it.
+                tracing::error!(charge = %charge.id, error = %Chain(&e), "answer paid but not stored");
+                Ok(())
+            }
+            (Ok(_), Err(e)) => {
+                // Durable and owed: recovery closes it as kept.
+                tracing::warn!(charge = %charge.id, error = %Chain(&e), "answer stored; charge left for recovery to settle");
+                Ok(())
+            }
+            (Err(_), Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// The model failed: give the credits back and keep the reason. A close that fails
+    /// here is left to recovery, which refunds it too: `Ok(false)` says so.
+    pub async fn refund(&self, hold: &Hold, message: &str, reason: &str) -> bool {
+        let charge = &hold.charge;
+        let record = ChatOutcome::Refunded {
+            message: Some(message),
+            reason,
+        };
+        let (closed, recorded) = tokio::join!(
+            self.store.close_charge(charge, Close::GiveBack),
+            self.store.record_chat(charge, record),
+        );
+        if let Err(e) = recorded {
+            tracing::warn!(charge = %charge.id, error = %Chain(&e), "refund reason not stored");
+        }
+        match closed {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(charge = %charge.id, error = %Chain(&e), "refund failed; recovery will make it");
+                false
+            }
+        }
+    }
+
+    /// Closes abandoned charges: settled if their answer was stored, refunded if not.
+    /// Returns the credits given back. Failures are logged and left for the next time.
+    pub async fn recover(&self, abandoned: &[OpenCharge]) -> u64 {
+        if abandoned.is_empty() {
+            return 0;
+        }
+        let states = match self.store.chat_states(abandoned).await {
+            Ok(states) => states,
+            Err(e) => {
+                tracing::error!(error = %Chain(&e), "could not read abandoned charges");
+                return 0;
+            }
+        };
+        let mut back = 0;
+        for charge in abandoned {
+            let answered = states.get(&charge.id) == Some(&ChargeState::Completed);
+            let close = if answered {
+                Close::Keep
+            } else {
+                Close::GiveBack
+            };
+            match self.store.close_charge(charge, close).await {
+                Ok(true) if answered => {
+                    tracing::warn!(user = %charge.user_key, charge = %charge.id, "settled an abandoned, answered charge")
+                }
+                Ok(true) => {
+                    back += charge.cost;
+                    tracing::warn!(user = %charge.user_key, charge = %charge.id, cost = charge.cost, "refunded an abandoned charge");
+                    let record = ChatOutcome::Refunded {
+                        message: None,
+                        reason: ABANDONED,
+                    };
+                    if let Err(e) = self.store.record_chat(charge, record).await {
+                        tracing::warn!(charge = %charge.id, error = %Chain(&e), "abandoned refund not recorded");
+                    }
+                }
+                Ok(false) => {} // closed meanwhile by another request
+                Err(e) => {
+                    tracing::error!(charge = %charge.id, error = %Chain(&e), "could not close an abandoned charge")
+                }
+            }
+        }
+        back
+    }
+
+    /// The balance as the user should see it: credits of abandoned charges that were
+    /// never answered count as returned, though only the next chat writes that down.
+    /// One read, plus one more only while such charges exist.
+    pub async fn balance(&self, user_key: &str) -> Result<Option<u64>, store::Error> {
+        let Some(account) = self.store.account(user_key).await? else {
+            return Ok(None);
+        };
+        let abandoned = self.abandoned(account.open);
+        if abandoned.is_empty() {
+            return Ok(Some(account.balance));
+        }
+        let states = self.store.chat_states(&abandoned).await?;
+        let returning: u64 = abandoned
+            .iter()
+            .filter(|c| states.get(&c.id) != Some(&ChargeState::Completed))
+            .map(|c| c.cost)
+            .sum();
+        Ok(Some(account.balance + returning))
+    }
+
+    fn abandoned(&self, open: Vec<OpenCharge>) -> Vec<OpenCharge> {
+        let now = now_millis();
+        open.into_iter()
+            .filter(|c| c.is_abandoned(now, self.timeout))
+            .collect()
+    }
+}

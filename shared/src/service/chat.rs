@@ -1,0 +1,320 @@
+//! One chat turn, whatever renders it: the idempotency key claimed, the credits held,
+//! the model asked, the charge settled or refunded, and the outcome kept for replays.
+//!
+//! A turn is begun with [`ChatService::begin`], which claims the key and holds the
+//! credits; whoever asks the model (a buffered call, a stream) then ends it with
+//! [`Turn::answered`] or [`Turn::failed`]. [`ChatService::ask`] is the buffered whole.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::charges::{Answered, ChargeError, Charges, Hold};
+use crate::{
+    config::Config,
+    domain::{ChatMessage, Usage},
+    error::Chain,
+    gemini::{self, GeminiClient},
+    store::{self, ChargeState, Claim, KeyOwner, OpenCharge, Store, now_millis},
+};
+
+/// What a chat turn produced. This is what an idempotency record keeps and replays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The model answered and the answer was paid for.
+    Answered(Answer),
+    /// The model would not answer this message (safety); nothing was charged.
+    Refused { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    pub message: String,
+    pub response: String,
+    /// The balance after this chat was paid.
+    pub tokens_remaining: u64,
+    pub conversation_id: String,
+    pub model: String,
+    pub cost: u64,
+    pub usage: Usage,
+    pub finish_reason: Option<String>,
+}
+
+/// A chat turn that can't go on, in the service's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("not enough credits")]
+    Insufficient { balance: u64, cost: u64 },
+    #[error("the account no longer exists")]
+    NoAccount,
+    #[error("the idempotency key was first used for another request")]
+    KeyReused,
+    #[error("a request with this idempotency key is still running")]
+    InProgress,
+    /// The model failed; the charge was refunded.
+    #[error("the model failed")]
+    Model(#[source] gemini::Error),
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl From<ChargeError> for ChatError {
+    fn from(err: ChargeError) -> Self {
+        match err {
+            ChargeError::Insufficient { balance, cost } => Self::Insufficient { balance, cost },
+            ChargeError::NoAccount => Self::NoAccount,
+            ChargeError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
+/// What the client asked for.
+#[derive(Debug)]
+pub struct ChatRequest {
+    pub user_key: String,
+    pub message: ChatMessage,
+    pub idempotency_key: Option<String>,
+}
+
+/// How a turn begins: afresh, or with the stored outcome of an earlier request with the
+/// same idempotency key.
+#[derive(Debug)]
+pub enum Begun {
+    Started(Turn),
+    Replay(Outcome),
+}
+
+/// A turn whose credits are held. End it with [`Turn::answered`] or [`Turn::failed`];
+/// dropped unended, its charge is recovered as abandoned.
+#[derive(Debug)]
+pub struct Turn {
+    pub hold: Hold,
+    pub message: ChatMessage,
+    key: Option<(String, KeyOwner)>,
+}
+
+/// The chat rules over a store, the model client and the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatService<'a> {
+    pub store: &'a Store,
+    pub gemini: &'a GeminiClient,
+    pub config: &'a Config,
+}
+
+impl<'a> ChatService<'a> {
+    pub fn charges(&self) -> Charges<'a> {
+        Charges::new(self.store, self.config.charge_timeout)
+    }
+
+    /// Claims the idempotency key (if any) and holds the credits.
+    pub async fn begin(&self, req: ChatRequest) -> Result<Begun, ChatError> {
+        let charge = OpenCharge {
+            id: Uuid::now_v7().to_string(),
+            user_key: req.user_key,
+            conversation_id: Uuid::now_v7().to_string(),
+            cost: self.config.chat_cost,
+            opened_at: now_millis(),
+        };
+        let owner = KeyOwner {
+            charge_id: charge.id.clone(),
+            conversation_id: charge.conversation_id.clone(),
+        };
+        let key = match req.idempotency_key {
+            None => None,
+            Some(key) => {
+                if let Some(replay) = self
+                    .claim(&charge.user_key, &key, &req.message, &owner)
+                    .await?
+                {
+                    return Ok(Begun::Replay(replay));
+                }
+                Some((key, owner))
+            }
+        };
+        let user = charge.user_key.clone();
+        match self.charges().hold(charge).await {
+            Ok(hold) => Ok(Begun::Started(Turn {
+                hold,
+                message: req.message,
+                key,
+            })),
+            Err(err) => {
+                if let Some((key, owner)) = &key {
+                    self.release(&user, key, owner).await;
+                }
+                Err(err.into())
+            }
+        }
+    }
+
+    /// The buffered turn: ask the model (recovering abandoned charges meanwhile) and end
+    /// the turn with its reply.
+    pub async fn ask(&self, turn: Turn) -> Result<Outcome, ChatError> {
+        let charges = self.charges();
+        let (reply, recovered) = tokio::join!(
+            self.gemini.generate(turn.message.as_str()),
+            charges.recover(&turn.hold.abandoned),
+        );
+        match reply {
+            Ok(reply) => self.answered(turn, reply, recovered).await,
+            Err(err) => Err(self.failed(turn, err).await),
+        }
+    }
+
+    /// The model answered: settle, then keep the outcome for replays.
+    pub async fn answered(
+        &self,
+        turn: Turn,
+        reply: gemini::Reply,
+        recovered: u64,
+    ) -> Result<Outcome, ChatError> {
+        let hold = &turn.hold;
+        let answer = Answer {
+            message: turn.message.as_str().to_owned(),
+            response: reply.text,
+            tokens_remaining: hold.balance + recovered,
+            conversation_id: hold.charge.conversation_id.clone(),
+            model: reply.model,
+            cost: hold.charge.cost,
+            usage: reply.usage,
+            finish_reason: reply.finish_reason,
+        };
+        self.charges()
+            .settle(
+                hold,
+                Answered {
+                    message: &answer.message,
+                    response: &answer.response,
+                    model: &answer.model,
+                    usage: answer.usage,
+                    balance: answer.tokens_remaining,
+                },
+            )
+            .await?;
+        tracing::info!(
+            user = %hold.charge.user_key, charge = %hold.charge.id, cost = hold.charge.cost,
+            balance = answer.tokens_remaining, model = %answer.model,
+            prompt_tokens = answer.usage.prompt_tokens, response_tokens = answer.usage.response_tokens,
+            finish_reason = answer.finish_reason.as_deref().unwrap_or("-"),
+            "chat answered"
+        );
+        let outcome = Outcome::Answered(answer);
+        // Only after the settle: a key must never replay an answer that was not paid.
+        if let Some((key, owner)) = &turn.key {
+            self.finish(&hold.charge.user_key, key, owner, &outcome)
+                .await;
+        }
+        Ok(outcome)
+    }
+
+    /// The model failed: refund, and either keep the refusal (a safety block will block
+    /// again) or free the key (the next attempt may go differently).
+    pub async fn failed(&self, turn: Turn, err: gemini::Error) -> ChatError {
+        let hold = &turn.hold;
+        let user = &hold.charge.user_key;
+        let reason = err.to_string();
+        let refusal = err.blocked_reason().map(|reason| Outcome::Refused {
+            reason: reason.to_owned(),
+        });
+        let keep_key = async {
+            match (&turn.key, &refusal) {
+                (Some((key, owner)), Some(outcome)) => self.finish(user, key, owner, outcome).await,
+                (Some((key, owner)), None) => self.release(user, key, owner).await,
+                (None, _) => {}
+            }
+        };
+        let charges = self.charges();
+        let (refunded, ()) = tokio::join!(
+            charges.refund(hold, turn.message.as_str(), &reason),
+            keep_key
+        );
+        if refunded {
+            tracing::warn!(user = %user, charge = %hold.charge.id, reason, "model failed; refunded");
+        }
+        ChatError::Model(err)
+    }
+
+    /// `Some(outcome)`: the key's first request already ended; replay it.
+    async fn claim(
+        &self,
+        user: &str,
+        key: &str,
+        message: &ChatMessage,
+        owner: &KeyOwner,
+    ) -> Result<Option<Outcome>, ChatError> {
+        let timeout = self.config.charge_timeout;
+        let fingerprint = message.fingerprint();
+        match self
+            .store
+            .claim_idempotency_key(user, key, &fingerprint, owner, timeout)
+            .await?
+        {
+            Claim::Claimed => Ok(None),
+            Claim::Replay(stored) => match serde_json::from_str(&stored) {
+                Ok(outcome) => Ok(Some(outcome)),
+                Err(e) => Err(store::Error::Corrupt(format!("stored outcome: {e}")).into()),
+            },
+            Claim::Mismatch => Err(ChatError::KeyReused),
+            Claim::InProgress => Err(ChatError::InProgress),
+            Claim::Stale { owner: stale, .. } => {
+                // The first request died. If its answer was stored, it was paid for (or
+                // will be, by recovery): replay it rather than charge again.
+                let charge = OpenCharge {
+                    id: stale.charge_id.clone(),
+                    user_key: user.to_owned(),
+                    conversation_id: stale.conversation_id.clone(),
+                    cost: 0,
+                    opened_at: 0,
+                };
+                if let Some(record) = self.store.chat(&charge).await?
+                    && record.state == ChargeState::Completed
+                {
+                    let outcome = Outcome::Answered(Answer {
+                        message: record.message,
+                        response: record.response.unwrap_or_default(),
+                        tokens_remaining: record.balance.unwrap_or_default(),
+                        conversation_id: record.conversation_id,
+                        model: record.model.unwrap_or_default(),
+                        cost: record.cost,
+                        usage: record.usage.unwrap_or_default(),
+                        finish_reason: None,
+                    });
+                    self.finish(user, key, &stale, &outcome).await;
+                    return Ok(Some(outcome));
+                }
+                match self
+                    .store
+                    .take_over_idempotency_key(user, key, &stale, owner)
+                    .await?
+                {
+                    true => Ok(None),
+                    false => Err(ChatError::InProgress),
+                }
+            }
+        }
+    }
+
+    async fn finish(&self, user: &str, key: &str, owner: &KeyOwner, outcome: &Outcome) {
+        let stored = match serde_json::to_string(outcome) {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::error!(error = %e, "could not serialise an outcome");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .store
+            .finish_idempotency_key(user, key, owner, &stored)
+            .await
+        {
+            // The key stays `running`; once stale, a retry finds the stored answer.
+            tracing::error!(error = %Chain(&e), "could not store the idempotency outcome");
+        }
+    }
+
+    async fn release(&self, user: &str, key: &str, owner: &KeyOwner) {
+        if let Err(e) = self.store.release_idempotency_key(user, key, owner).await {
+            tracing::error!(error = %Chain(&e), "could not free the idempotency key");
+        }
+    }
+}
