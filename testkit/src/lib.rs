@@ -6,9 +6,11 @@
 //!
 //! Tables for tests and local runs, created from `template.yaml` ([`table`]), and the
 //! demo accounts the sample events in `events/` use ([`demo`]), and a Lambda Runtime API
-//! emulator to run the function binaries as processes ([`runtime`]).
+//! emulator to run the function binaries as processes ([`runtime`]), and a DynamoDB proxy
+//! that answers as AWS does under contention ([`faults`]).
 
 pub mod demo;
+pub mod faults;
 pub mod gemini;
 pub mod runtime;
 pub mod table;

@@ -2,86 +2,13 @@
 //! emulator, against DynamoDB Local and the Gemini stand-in: concurrency across
 //! processes, faults in the middle of a run, and a process killed mid-answer.
 
-use std::{path::Path, sync::Arc, time::Duration};
+mod common;
 
-use serde_json::{Value, json};
-use shared::{
-    audit::{self, Books},
-    auth,
-    store::{ChargeState, Store},
-};
-use testkit::{
-    Behavior, GeminiStandIn, demo,
-    runtime::{Functions, Outcome, RuntimeApi},
-};
+use std::time::Duration;
 
-const CHAT: &str = env!("CARGO_BIN_EXE_chat");
-
-struct Setup {
-    store: Store,
-    standin: GeminiStandIn,
-    runtime: Arc<RuntimeApi>,
-    token: String,
-}
-
-/// A fresh table with `john` holding `tokens` credits, a stand-in and an emulator.
-async fn setup(tokens: u64) -> Setup {
-    let store = testkit::table::local_store("proc").await;
-    let token = auth::new_token().unwrap();
-    demo::user_with_token(&store, "john", tokens, &token)
-        .await
-        .unwrap();
-    Setup {
-        store,
-        standin: GeminiStandIn::start().await,
-        runtime: Arc::new(RuntimeApi::start().await),
-        token,
-    }
-}
-
-impl Setup {
-    fn functions(&self, count: usize, extra: &[(&str, String)]) -> Functions {
-        let mut env = vec![
-            ("TABLE_NAME", self.store.table().to_owned()),
-            ("GEMINI_API_KEY", "test-key".to_owned()),
-            ("GEMINI_BASE_URL", self.standin.base_url()),
-            ("GEMINI_TIMEOUT_MS", "1500".to_owned()),
-            ("RUST_LOG", "warn".to_owned()),
-        ];
-        env.extend(extra.iter().cloned());
-        Functions::spawn(Path::new(CHAT), &self.runtime, count, &env)
-    }
-
-    async fn books(&self) -> Books {
-        let books = audit::audit(&self.store, "john").await.unwrap().unwrap();
-        assert!(books.is_balanced(), "the books do not balance:\n{books}");
-        books
-    }
-}
-
-/// `events/chat.json` with this token, message and, optionally, an Idempotency-Key.
-fn chat_event(token: &str, message: &str, idempotency_key: Option<&str>) -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/chat.json");
-    let mut event: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut set = |name: &str, value: &str| {
-        event["headers"][name] = json!(value);
-        event["multiValueHeaders"][name] = json!([value]);
-    };
-    set("Authorization", &format!("Token {token}"));
-    set("Content-Type", "application/json");
-    if let Some(key) = idempotency_key {
-        set("Idempotency-Key", key);
-    }
-    event["body"] = json!(json!({ "message": message }).to_string());
-    event["isBase64Encoded"] = json!(false);
-    event
-}
-
-async fn invoke(runtime: &RuntimeApi, event: Value) -> Outcome {
-    tokio::time::timeout(Duration::from_secs(60), runtime.invoke(event))
-        .await
-        .expect("an answer within 60 s")
-}
+use common::*;
+use shared::store::ChargeState;
+use testkit::Behavior;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_chats_across_eight_processes_spend_exactly_the_balance() {
@@ -168,13 +95,7 @@ async fn gemini_faults_in_the_middle_of_a_run_lose_no_credit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_chat_killed_mid_answer_gets_its_credits_back() {
     let setup = setup(4000).await;
-    // A charge counts as abandoned after 6 s here (60 s in production); the function's
-    // own timeout must be shorter, and the Gemini and DynamoDB budgets fit inside it.
-    let fast_recovery = [
-        ("CHARGE_TIMEOUT_SECS", "6".to_owned()),
-        ("FUNCTION_TIMEOUT_SECS", "5".to_owned()),
-        ("DYNAMODB_RETRY_BUDGET_MS", "1000".to_owned()),
-    ];
+    let fast_recovery = fast_recovery();
     setup.standin.set_behavior(Behavior::Hang);
     let mut functions = setup.functions(1, &fast_recovery);
     let runtime = setup.runtime.clone();
@@ -205,7 +126,19 @@ async fn a_chat_killed_mid_answer_gets_its_credits_back() {
 
     // Past the charge timeout, the user's next request brings the credits back. The
     // retry carries the same Idempotency-Key, whose dead claim it takes over.
-    tokio::time::sleep(Duration::from_millis(6200)).await;
+    // Past the charge timeout the balance shows the credits as returned, before any
+    // other chat has run to write that down.
+    assert_eq!(
+        setup.shown_balance().await,
+        3900,
+        "still held while it may be live"
+    );
+    tokio::time::sleep(PAST_THE_CHARGE_TIMEOUT).await;
+    assert_eq!(
+        setup.shown_balance().await,
+        4000,
+        "an abandoned charge shows as returned"
+    );
     setup.standin.set_behavior(Behavior::Answer);
     let _functions = setup.functions(1, &fast_recovery);
     let retry = chat_event(

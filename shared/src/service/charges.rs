@@ -122,9 +122,12 @@ impl<'a> Charges<'a> {
         );
         match (recorded, closed) {
             (Ok(_), Ok(_)) => Ok(()),
-            (Err(e), Ok(_)) => {
-                // Paid, but the history lacks it.
-                tracing::error!(charge = %charge.id, error = %Chain(&e), "answer paid but not stored");
+            (Err(_), Ok(_)) => {
+                // Paid: the answer goes out. Its record gets one more budget, since the
+                // history (and the audit) need it; only a long outage loses it.
+                if let Err(e) = self.store.record_chat(charge, record).await {
+                    tracing::error!(charge = %charge.id, error = %Chain(&e), "answer paid but not stored");
+                }
                 Ok(())
             }
             (Ok(_), Err(e)) => {

@@ -1,0 +1,298 @@
+//! A DynamoDB proxy that answers the way AWS does under contention and load.
+//!
+//! DynamoDB Local applies requests one at a time: it never reports a transaction
+//! conflict, never throttles, never fails with a 500. This proxy sits in front of it
+//! (point `AWS_ENDPOINT_URL_DYNAMODB` at [`FaultProxy::url`]) and forwards every request,
+//! except that requests matching a [`Rule`] are, at the rule's rate, answered with one
+//! of AWS's error responses instead — or forwarded and *then* answered with a 500, as
+//! when DynamoDB applied a write but its answer was lost.
+//!
+//! The error bodies are DynamoDB's JSON 1.0 protocol errors, so the SDK parses them as
+//! it would on AWS (`__type` names the exception).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+use tokio::{net::TcpListener, task::JoinHandle};
+
+/// What a matched request gets instead of DynamoDB's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `TransactionConflictException`: a write into an item a transaction holds.
+    TransactionConflict,
+    /// `TransactionCanceledException` with reason `TransactionConflict` (transactions).
+    TransactionCanceled,
+    /// `ThrottlingException` (on-demand tables get it too).
+    Throttling,
+    /// `ProvisionedThroughputExceededException`.
+    ThroughputExceeded,
+    /// HTTP 500 `InternalServerError`, the request not applied.
+    InternalError,
+    /// The request is applied, then answered with a 500: the caller can't know it landed.
+    AppliedThenLost,
+    /// The answer comes after this long (to exceed attempt timeouts), then as usual.
+    Delay(Duration),
+}
+
+/// Which requests a fault applies to, and how often.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The operation (`UpdateItem`, `PutItem`, `TransactWriteItems`…); `None` for all.
+    pub operation: Option<&'static str>,
+    /// Only requests whose JSON body contains this text (e.g. `"ADD spent"`).
+    pub body_contains: Option<&'static str>,
+    /// Share of matching requests that get the fault, 0.0 to 1.0.
+    pub rate: f64,
+    pub fault: Fault,
+}
+
+impl Rule {
+    pub fn new(operation: Option<&'static str>, rate: f64, fault: Fault) -> Self {
+        Self {
+            operation,
+            body_contains: None,
+            rate,
+            fault,
+        }
+    }
+
+    /// Narrows the rule to requests whose body contains `text`.
+    pub fn when_body_contains(mut self, text: &'static str) -> Self {
+        self.body_contains = Some(text);
+        self
+    }
+}
+
+struct Shared {
+    upstream: String,
+    client: reqwest::Client,
+    rules: Mutex<Vec<Rule>>,
+    seed: AtomicU64,
+    forwarded: AtomicUsize,
+    injected: AtomicUsize,
+}
+
+/// A running proxy. Dropping it stops the server.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl FaultProxy {
+    /// Starts on a free loopback port, forwarding to `upstream` (DynamoDB Local's URL)
+    /// with no faults until [`FaultProxy::set_rules`].
+    pub async fn start(upstream: &str) -> Self {
+        // reqwest is built without a bundled crypto provider (it only speaks plain HTTP
+        // here, but the builder wants one).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let shared = Arc::new(Shared {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("an HTTP client"),
+            rules: Mutex::new(Vec::new()),
+            seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            forwarded: AtomicUsize::new(0),
+            injected: AtomicUsize::new(0),
+        });
+        let app = Router::new().fallback(handle).with_state(shared.clone());
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fault proxy");
+        let addr = listener.local_addr().expect("bound address");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            shared,
+            server,
+        }
+    }
+
+    /// In front of the DynamoDB Local that `AWS_ENDPOINT_URL_DYNAMODB` names.
+    pub async fn in_front_of_local() -> Self {
+        let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB")
+            .expect("these tests need DynamoDB Local: run them with scripts/test");
+        Self::start(&upstream).await
+    }
+
+    /// What `AWS_ENDPOINT_URL_DYNAMODB` should be for the code under test.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_rules(&self, rules: impl IntoIterator<Item = Rule>) {
+        *self.shared.rules.lock().unwrap() = rules.into_iter().collect();
+    }
+
+    /// Requests answered with a fault so far (applied-then-lost ones included).
+    pub fn injected(&self) -> usize {
+        self.shared.injected.load(Ordering::SeqCst)
+    }
+
+    /// Requests that reached DynamoDB Local.
+    pub fn forwarded(&self) -> usize {
+        self.shared.forwarded.load(Ordering::SeqCst)
+    }
+}
+
+impl Shared {
+    /// A uniform draw in [0, 1): splitmix64 over a shared counter, repeatable per run.
+    fn draw(&self) -> f64 {
+        let mut z = self
+            .seed
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn fault_for(&self, operation: &str, body: &[u8]) -> Option<Fault> {
+        let rules = self.rules.lock().unwrap().clone();
+        let body = String::from_utf8_lossy(body);
+        rules
+            .iter()
+            .filter(|r| r.operation.is_none_or(|op| op == operation))
+            .filter(|r| r.body_contains.is_none_or(|text| body.contains(text)))
+            .find(|r| self.draw() < r.rate)
+            .map(|r| r.fault)
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // `X-Amz-Target: DynamoDB_20120810.UpdateItem`
+    let operation = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or("")
+        .to_owned();
+    let fault = shared.fault_for(&operation, &body);
+    match fault {
+        None => forward(&shared, method, &uri, &headers, body).await,
+        Some(Fault::Delay(pause)) => {
+            shared.injected.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(pause).await;
+            forward(&shared, method, &uri, &headers, body).await
+        }
+        Some(Fault::AppliedThenLost) => {
+            shared.injected.fetch_add(1, Ordering::SeqCst);
+            let _ = forward(&shared, method, &uri, &headers, body).await;
+            aws_error(500, "InternalServerError", "Internal server error")
+        }
+        Some(fault) => {
+            shared.injected.fetch_add(1, Ordering::SeqCst);
+            match fault {
+                Fault::TransactionConflict => aws_error(
+                    400,
+                    "TransactionConflictException",
+                    "Transaction is ongoing for the item",
+                ),
+                Fault::TransactionCanceled => {
+                    let body = json!({
+                        "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+                        "Message": "Transaction cancelled, please refer cancellation reasons for specific reasons [TransactionConflict]",
+                        "CancellationReasons": [{"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}],
+                    });
+                    json_response(400, body)
+                }
+                Fault::Throttling => aws_error(
+                    400,
+                    "ThrottlingException",
+                    "Throughput exceeds the current capacity for one or more global secondary indexes. DynamoDB is automatically scaling your index so please be patient.",
+                ),
+                Fault::ThroughputExceeded => aws_error(
+                    400,
+                    "ProvisionedThroughputExceededException",
+                    "The level of configured provisioned throughput for the table was exceeded. Consider increasing your provisioning level with the UpdateTable API.",
+                ),
+                _ => aws_error(500, "InternalServerError", "Internal server error"),
+            }
+        }
+    }
+}
+
+async fn forward(
+    shared: &Shared,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    shared.forwarded.fetch_add(1, Ordering::SeqCst);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = shared
+        .client
+        .request(method, format!("{}{path}", shared.upstream))
+        .body(body);
+    for (name, value) in headers {
+        if name != header::HOST && name != header::CONTENT_LENGTH {
+            request = request.header(name, value);
+        }
+    }
+    match request.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let mut out_headers = HeaderMap::new();
+            for (name, value) in resp.headers() {
+                if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING {
+                    out_headers.insert(name.clone(), value.clone());
+                }
+            }
+            let bytes = resp.bytes().await.unwrap_or_default();
+            (status, out_headers, bytes).into_response()
+        }
+        Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
+
+fn aws_error(status: u16, kind: &str, message: &str) -> Response {
+    json_response(
+        status,
+        json!({
+            "__type": format!("com.amazonaws.dynamodb.v20120810#{kind}"),
+            "message": message,
+        }),
+    )
+}
+
+fn json_response(status: u16, body: serde_json::Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/x-amz-json-1.0")],
+        body.to_string(),
+    )
+        .into_response()
+}
