@@ -14,6 +14,7 @@ use crate::{
     ApiError, App, ChatApp,
     domain::ChatMessage,
     error::Chain,
+    gemini::Prompt,
     http,
     store::{Answered, Claim, Debit, OpenCharge, StoredResponse, now_millis},
 };
@@ -84,7 +85,8 @@ async fn answer(
         }
     };
 
-    let reply = match gemini.generate(message.as_str()).await {
+    let prompt = Prompt::new(gemini.default_model(), message.as_str());
+    let reply = match gemini.generate(&prompt).await {
         Ok(reply) => reply,
         Err(failure) => {
             let reason = failure.to_string();
