@@ -13,4 +13,4 @@ pub mod gemini;
 pub mod runtime;
 pub mod table;
 
-pub use gemini::{Behavior, GeminiStandIn};
+pub use gemini::{Behavior, GeminiStandIn, Pacing};
