@@ -38,10 +38,12 @@ pub struct GeminiConfig {
     /// Retries after a 429 or 503 (`GEMINI_MAX_RETRIES`, default 2).
     pub max_retries: usize,
     /// `generationConfig.maxOutputTokens` on every request (`GEMINI_MAX_OUTPUT_TOKENS`,
-    /// default 2048, 1–65536). On thinking models this also bounds the thinking.
+    /// default 4096, 1–65536). Gemini counts thought tokens against it too, so it is
+    /// what bounds a whole answer's cost.
     pub max_output_tokens: u32,
     /// `thinkingConfig.thinkingBudget` for Gemini 2.5 and the `*-latest` aliases
-    /// (`GEMINI_THINKING_BUDGET`, default 1024 tokens, 0–32768).
+    /// (`GEMINI_THINKING_BUDGET`, default 1024 tokens, 0–32768, below
+    /// `GEMINI_MAX_OUTPUT_TOKENS` so that thinking can't use up the whole answer).
     pub thinking_budget: u32,
     /// `thinkingConfig.thinkingLevel` for Gemini 3 and later (`GEMINI_THINKING_LEVEL`,
     /// default `low`; `minimal`, `low`, `medium`, `high`).
@@ -93,7 +95,7 @@ impl GeminiConfig {
             model,
             timeout: Duration::from_millis(25_000),
             max_retries: 2,
-            max_output_tokens: 2048,
+            max_output_tokens: 4096,
             thinking_budget: 1024,
             thinking_level: ThinkingLevel::Low,
             stream_timeout: Duration::from_millis(120_000),
@@ -123,7 +125,7 @@ impl GeminiConfig {
             })?,
         };
         let defaults = Self::new(api_key, base_url, model);
-        Ok(Self {
+        let config = Self {
             timeout: millis_or("GEMINI_TIMEOUT_MS", defaults.timeout)?,
             max_retries: parse_or("GEMINI_MAX_RETRIES", defaults.max_retries)?,
             max_output_tokens: in_range(
@@ -143,7 +145,18 @@ impl GeminiConfig {
                 defaults.stream_idle_timeout,
             )?,
             ..defaults
-        })
+        };
+        if config.thinking_budget >= config.max_output_tokens {
+            return Err(ConfigError {
+                var: "GEMINI_THINKING_BUDGET",
+                reason: format!(
+                    "must be below GEMINI_MAX_OUTPUT_TOKENS ({}): thought tokens count \
+                     against it, so thinking could leave no room for the answer",
+                    config.max_output_tokens
+                ),
+            });
+        }
+        Ok(config)
     }
 
     /// `GEMINI_API_KEY` from the environment, if set and not blank.

@@ -346,13 +346,14 @@ fn configuration_is_checked_at_cold_start_naming_the_variable() {
     };
     let defaults = set(&[]).unwrap();
     assert_eq!(defaults.model.as_str(), "gemini-flash-latest");
-    assert_eq!(defaults.max_output_tokens, 2048);
+    assert_eq!(defaults.max_output_tokens, 4096);
     assert_eq!(defaults.thinking_budget, 1024);
     assert_eq!(defaults.stream_idle_timeout, Duration::from_secs(20));
 
     let ok = set(&[
         ("GEMINI_MODEL", "gemini-2.5-pro"),
         ("GEMINI_MAX_OUTPUT_TOKENS", "512"),
+        ("GEMINI_THINKING_BUDGET", "0"),
         ("GEMINI_THINKING_LEVEL", "HIGH"),
         ("GEMINI_STREAM_IDLE_TIMEOUT_MS", "1500"),
     ])
@@ -367,6 +368,7 @@ fn configuration_is_checked_at_cold_start_naming_the_variable() {
         ("GEMINI_MAX_OUTPUT_TOKENS", "0"),
         ("GEMINI_MAX_OUTPUT_TOKENS", "many"),
         ("GEMINI_THINKING_BUDGET", "100000"),
+        ("GEMINI_THINKING_BUDGET", "5000"),
         ("GEMINI_THINKING_LEVEL", "extreme"),
         ("GEMINI_STREAM_IDLE_TIMEOUT_MS", "0"),
         ("GEMINI_STREAM_TIMEOUT_MS", "-1"),

@@ -348,9 +348,9 @@ impl GeminiClient {
             .json(body)
             .send()
             .await
-            .map_err(self.transport(self.timeout))?;
+            .map_err(transport(self.timeout))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(self.transport(self.timeout))?;
+        let bytes = resp.bytes().await.map_err(transport(self.timeout))?;
         if !status.is_success() {
             return Err(api_error(status.as_u16(), &bytes));
         }
@@ -371,22 +371,22 @@ impl GeminiClient {
             .json(body)
             .send()
             .await
-            .map_err(self.transport(timeout))?;
+            .map_err(transport(timeout))?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
         }
-        let bytes = resp.bytes().await.map_err(self.transport(timeout))?;
+        let bytes = resp.bytes().await.map_err(transport(timeout))?;
         Err(api_error(status.as_u16(), &bytes))
     }
+}
 
-    fn transport(&self, timeout: Duration) -> impl Fn(reqwest::Error) -> Error {
-        move |e| {
-            if e.is_timeout() {
-                Error::Timeout(timeout)
-            } else {
-                Error::Transport(e)
-            }
+fn transport(timeout: Duration) -> impl Fn(reqwest::Error) -> Error {
+    move |e| {
+        if e.is_timeout() {
+            Error::Timeout(timeout)
+        } else {
+            Error::Transport(e)
         }
     }
 }
@@ -571,6 +571,13 @@ mod tests {
         let err = api_error(429, body);
         assert!(err.is_overloaded());
         assert_eq!(err.retry_after(), Some(Duration::from_secs(22)));
+        // A number too big for JSON's f64 makes the body unreadable as an error
+        // object: still an overload, with no delay and no panic.
+        let body = br#"{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": 1e400}]}}"#;
+        let err = api_error(429, body);
+        assert!(err.is_overloaded());
+        assert_eq!(err.retry_after(), None);
         let err = api_error(502, b"<html>Bad Gateway</html>");
         assert!(!err.is_overloaded() && !err.is_timeout());
         assert!(err.to_string().contains("Bad Gateway"));
