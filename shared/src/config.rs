@@ -2,7 +2,10 @@
 
 use std::{env, fmt, str::FromStr, time::Duration};
 
-use crate::store::RetryPolicy;
+use crate::{
+    gemini::{ModelName, ThinkingLevel},
+    store::RetryPolicy,
+};
 
 /// Settings every function needs.
 #[derive(Debug, Clone)]
@@ -33,15 +36,33 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct GeminiConfig {
     pub api_key: Secret,
-    /// `GEMINI_BASE_URL`, default `https://generativelanguage.googleapis.com`.
+    /// `GEMINI_BASE_URL`, default `https://generativelanguage.googleapis.com`. Must be
+    /// https unless its host is loopback (local runs against the stand-in).
     pub base_url: String,
-    /// `GEMINI_MODEL`, default `gemini-flash-latest`.
-    pub model: String,
+    /// The default model (`GEMINI_MODEL`, default `gemini-flash-latest`).
+    pub model: ModelName,
     /// Whole-call budget including retries (`GEMINI_TIMEOUT_MS`, default 25000: API
     /// Gateway gives up after 29 s and the DynamoDB writes need a moment too).
     pub timeout: Duration,
     /// Retries after a 429 or 503 (`GEMINI_MAX_RETRIES`, default 2).
     pub max_retries: usize,
+    /// `generationConfig.maxOutputTokens` on every request (`GEMINI_MAX_OUTPUT_TOKENS`,
+    /// default 4096, 1–65536). Gemini counts thought tokens against it too, so it is
+    /// what bounds a whole answer's cost.
+    pub max_output_tokens: u32,
+    /// `thinkingConfig.thinkingBudget` for Gemini 2.5 and the `*-latest` aliases
+    /// (`GEMINI_THINKING_BUDGET`, default 1024 tokens, 0–32768, below
+    /// `GEMINI_MAX_OUTPUT_TOKENS` so that thinking can't use up the whole answer).
+    pub thinking_budget: u32,
+    /// `thinkingConfig.thinkingLevel` for Gemini 3 and later (`GEMINI_THINKING_LEVEL`,
+    /// default `low`; `minimal`, `low`, `medium`, `high`).
+    pub thinking_level: ThinkingLevel,
+    /// A whole streamed answer's budget, retries included (`GEMINI_STREAM_TIMEOUT_MS`,
+    /// default 120000).
+    pub stream_timeout: Duration,
+    /// Longest silence between two chunks of a streamed answer, or before the first
+    /// (`GEMINI_STREAM_IDLE_TIMEOUT_MS`, default 20000).
+    pub stream_idle_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,25 +157,111 @@ impl GeminiConfig {
     pub const DEFAULT_BASE_URL: &'static str = "https://generativelanguage.googleapis.com";
     pub const DEFAULT_MODEL: &'static str = "gemini-flash-latest";
 
+    /// Defaults for everything but the key, base URL and model; tests start from here.
+    pub fn new(api_key: Secret, base_url: impl Into<String>, model: ModelName) -> Self {
+        Self {
+            api_key,
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            model,
+            timeout: Duration::from_millis(25_000),
+            max_retries: 2,
+            max_output_tokens: 4096,
+            thinking_budget: 1024,
+            thinking_level: ThinkingLevel::Low,
+            stream_timeout: Duration::from_millis(120_000),
+            stream_idle_timeout: Duration::from_millis(20_000),
+        }
+    }
+
+    /// The default model, `gemini-flash-latest`.
+    pub fn default_model() -> ModelName {
+        ModelName::parse(Self::DEFAULT_MODEL).expect("the default model name is valid")
+    }
+
     /// Reads everything but the key, which may come from the environment or from a
     /// secret store (see `ChatApp::from_env`).
     pub fn from_env(api_key: Secret) -> Result<Self, ConfigError> {
-        let base_url = optional("GEMINI_BASE_URL")
-            .unwrap_or_else(|| Self::DEFAULT_BASE_URL.to_owned())
-            .trim_end_matches('/')
-            .to_owned();
-        Ok(Self {
-            api_key,
-            base_url,
-            model: optional("GEMINI_MODEL").unwrap_or_else(|| Self::DEFAULT_MODEL.to_owned()),
-            timeout: Duration::from_millis(parse_or("GEMINI_TIMEOUT_MS", 25_000u64)?),
-            max_retries: parse_or("GEMINI_MAX_RETRIES", 2)?,
-        })
+        let base_url =
+            optional("GEMINI_BASE_URL").unwrap_or_else(|| Self::DEFAULT_BASE_URL.to_owned());
+        crate::gemini::check_base_url(&base_url).map_err(|reason| ConfigError {
+            var: "GEMINI_BASE_URL",
+            reason,
+        })?;
+        let model = match optional("GEMINI_MODEL") {
+            None => Self::default_model(),
+            Some(raw) => ModelName::parse(raw.trim()).map_err(|e| ConfigError {
+                var: "GEMINI_MODEL",
+                reason: format!("is not valid: {e}"),
+            })?,
+        };
+        let defaults = Self::new(api_key, base_url, model);
+        let config = Self {
+            timeout: millis_or("GEMINI_TIMEOUT_MS", defaults.timeout)?,
+            max_retries: parse_or("GEMINI_MAX_RETRIES", defaults.max_retries)?,
+            max_output_tokens: in_range(
+                "GEMINI_MAX_OUTPUT_TOKENS",
+                defaults.max_output_tokens,
+                1..=65_536,
+            )?,
+            thinking_budget: in_range(
+                "GEMINI_THINKING_BUDGET",
+                defaults.thinking_budget,
+                0..=32_768,
+            )?,
+            thinking_level: parse_or("GEMINI_THINKING_LEVEL", defaults.thinking_level)?,
+            stream_timeout: millis_or("GEMINI_STREAM_TIMEOUT_MS", defaults.stream_timeout)?,
+            stream_idle_timeout: millis_or(
+                "GEMINI_STREAM_IDLE_TIMEOUT_MS",
+                defaults.stream_idle_timeout,
+            )?,
+            ..defaults
+        };
+        if config.thinking_budget >= config.max_output_tokens {
+            return Err(ConfigError {
+                var: "GEMINI_THINKING_BUDGET",
+                reason: format!(
+                    "must be below GEMINI_MAX_OUTPUT_TOKENS ({}): thought tokens count \
+                     against it, so thinking could leave no room for the answer",
+                    config.max_output_tokens
+                ),
+            });
+        }
+        Ok(config)
     }
 
     /// `GEMINI_API_KEY` from the environment, if set and not blank.
     pub fn api_key_from_env() -> Option<Secret> {
         optional("GEMINI_API_KEY").map(Secret::new)
+    }
+}
+
+/// A positive number of milliseconds.
+fn millis_or(var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+    in_range(var, default, 1..=u64::MAX).map(Duration::from_millis)
+}
+
+fn in_range<T>(
+    var: &'static str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + fmt::Display,
+    T::Err: fmt::Display,
+{
+    let value = parse_or(var, default)?;
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            var,
+            reason: format!(
+                "must be between {} and {}, not {value}",
+                range.start(),
+                range.end()
+            ),
+        })
     }
 }
 
@@ -186,13 +293,6 @@ pub(crate) fn required(var: &'static str) -> Result<String, ConfigError> {
         var,
         reason: "is not set".into(),
     })
-}
-
-fn millis_or(var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-    Ok(Duration::from_millis(parse_or(
-        var,
-        default.as_millis() as u64,
-    )?))
 }
 
 /// A count of days, refused if it would overflow a duration in seconds.

@@ -32,8 +32,8 @@ async fn chat_answers_and_charges_100_credits() {
     let (headers, request) = standin.last_request().unwrap();
     assert_eq!(headers["x-goog-api-key"], API_KEY);
     assert_eq!(
-        request,
-        json!({"contents": [{"role": "user", "parts": [{"text": "What is the capital of France?"}]}]})
+        request["contents"],
+        json!([{"role": "user", "parts": [{"text": "What is the capital of France?"}]}])
     );
 
     // The chat is stored with its answer, model, cost and Gemini's usage.

@@ -15,4 +15,4 @@ pub mod gemini;
 pub mod runtime;
 pub mod table;
 
-pub use gemini::{Behavior, GeminiStandIn};
+pub use gemini::{Behavior, GeminiStandIn, Pacing};

@@ -13,7 +13,7 @@ use crate::{
     config::Config,
     domain::{ChatMessage, Usage},
     error::Chain,
-    gemini::{self, GeminiClient},
+    gemini::{self, GeminiClient, Prompt},
     store::{self, ChargeState, Claim, KeyOwner, OpenCharge, Store, now_millis},
 };
 
@@ -151,8 +151,9 @@ impl<'a> ChatService<'a> {
     /// the turn with its reply.
     pub async fn ask(&self, turn: Turn) -> Result<Outcome, ChatError> {
         let charges = self.charges();
+        let prompt = Prompt::new(self.gemini.default_model(), turn.message.as_str());
         let (reply, recovered) = tokio::join!(
-            self.gemini.generate(turn.message.as_str()),
+            self.gemini.generate(&prompt),
             charges.recover(&turn.hold.abandoned),
         );
         match reply {

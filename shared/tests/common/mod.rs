@@ -48,11 +48,12 @@ pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> App {
 
 pub fn gemini_config(standin: &GeminiStandIn) -> GeminiConfig {
     GeminiConfig {
-        api_key: Secret::new(API_KEY),
-        base_url: standin.base_url(),
-        model: GeminiConfig::DEFAULT_MODEL.to_owned(),
         timeout: Duration::from_secs(5),
-        max_retries: 2,
+        ..GeminiConfig::new(
+            Secret::new(API_KEY),
+            standin.base_url(),
+            GeminiConfig::default_model(),
+        )
     }
 }
 

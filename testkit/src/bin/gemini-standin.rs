@@ -1,7 +1,18 @@
 //! Runs the Gemini stand-in for local development: canned answers, no network.
 //!
-//! `gemini-standin [ADDR]` (default `127.0.0.1:8090`); put `[standin:503]`,
-//! `[standin:timeout]`, `[standin:safety]`… in a chat message to see each failure.
+//! `gemini-standin [ADDR]` (default `127.0.0.1:8090`). Streamed answers are paced like
+//! the real API: the first chunk after ~300 ms, then a few words every ~70 ms.
+//!
+//! Put a directive in a chat message to see each failure (only the newest message
+//! counts, not the conversation's history):
+//! - `[standin:503]`, `[standin:429]`, any `[standin:4xx/5xx]`; `[standin:timeout]`;
+//!   `[standin:malformed]`; `[standin:blocked]`; `[standin:safety]`; `[standin:empty]`
+//! - `[standin:retrydelay=<raw>]`: a 429 whose `retryDelay` is `<raw>` (e.g. `1e400s`)
+//! - `[standin:long]` / `[standin:long=<words>]`; `[standin:slow=<ms>]`
+//! - streams: `[standin:drop=<n>]` (connection breaks after n chunks),
+//!   `[standin:midsafety=<n>]` (then a SAFETY stop), `[standin:stall=<n>]` (then
+//!   silence), `[standin:truncate=<n>]` (then an end with no finish reason)
+//! - `[standin:redirect]` / `[standin:redirect=307]`: a redirect, never to be followed
 
 use testkit::GeminiStandIn;
 
