@@ -58,7 +58,8 @@ pub struct GeminiConfig {
     /// default `low`; `minimal`, `low`, `medium`, `high`).
     pub thinking_level: ThinkingLevel,
     /// A whole streamed answer's budget, retries included (`GEMINI_STREAM_TIMEOUT_MS`,
-    /// default 120000).
+    /// default 25000, like a buffered answer, so the defaults fit the default function
+    /// timeout; the deployed chat function streams for up to 120 s, see template.yaml).
     pub stream_timeout: Duration,
     /// Longest silence between two chunks of a streamed answer, or before the first
     /// (`GEMINI_STREAM_IDLE_TIMEOUT_MS`, default 20000).
@@ -135,8 +136,9 @@ impl Config {
         Ok(())
     }
 
-    /// The chat function waits on Gemini between two store steps (the debit before, the
-    /// settle after) plus the session read: all of it must end before the function does.
+    /// The chat function waits on Gemini (a buffered answer or a whole stream, whichever
+    /// may take longer) between two store steps (the debit before, the settle after) plus
+    /// the session read: all of it must end before the function does.
     pub fn check_chat_budget(&self, gemini_timeout: Duration) -> Result<(), ConfigError> {
         let needed = gemini_timeout + self.store_retry.budget * 3;
         if needed >= self.function_timeout {
@@ -168,7 +170,7 @@ impl GeminiConfig {
             max_output_tokens: 4096,
             thinking_budget: 1024,
             thinking_level: ThinkingLevel::Low,
-            stream_timeout: Duration::from_millis(120_000),
+            stream_timeout: Duration::from_millis(25_000),
             stream_idle_timeout: Duration::from_millis(20_000),
         }
     }

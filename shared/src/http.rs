@@ -1,11 +1,20 @@
 //! Request parsing and JSON responses: the HTTP edge shared by every handler.
 
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http_body::Frame;
 use lambda_http::{
     Body, Request, Response,
     http::{HeaderValue, Method, StatusCode, header},
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
 
 use crate::error::{ApiError, Chain};
 
@@ -152,6 +161,19 @@ pub fn respond(result: Result<Response<Body>, ApiError>) -> Response<Body> {
 
 /// The response for an error: its status, JSON body and headers.
 pub fn error_response(err: &ApiError) -> Response<Body> {
+    log_error(err);
+    let status = err.status();
+    let mut resp = json(status, &err.body());
+    for (name, value) in err.headers() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, value);
+        }
+    }
+    resp
+}
+
+/// Logs an error by its weight: server errors with their cause chain.
+pub fn log_error(err: &ApiError) {
     let status = err.status();
     if status.is_server_error() {
         tracing::error!(status = status.as_u16(), code = err.code(), error = %Chain(err), "request failed");
@@ -162,13 +184,6 @@ pub fn error_response(err: &ApiError) -> Response<Body> {
             "request refused"
         );
     }
-    let mut resp = json(status, &err.body());
-    for (name, value) in err.headers() {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            resp.headers_mut().insert(name, value);
-        }
-    }
-    resp
 }
 
 /// Adds `X-Tokens-Remaining`, the balance as of the write that produced it.
@@ -176,4 +191,92 @@ pub fn with_balance(mut resp: Response<Body>, balance: u64) -> Response<Body> {
     resp.headers_mut()
         .insert("x-tokens-remaining", HeaderValue::from(balance));
     resp
+}
+
+/// A response body the chat function streams (it runs in Lambda's response-streaming
+/// mode): a whole body in one piece, or Server-Sent Events as they are produced.
+#[derive(Debug)]
+pub struct StreamBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+/// The writing end of a [`StreamBody`]. Sends to a reader that went away are dropped.
+#[derive(Debug, Clone)]
+pub struct BodySender {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl StreamBody {
+    /// A body that is complete already.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.try_send(bytes.into());
+        Self { rx }
+    }
+
+    /// The next piece, as a reader sees it; `None` at the end.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        self.rx.recv().await
+    }
+
+    /// The rest of the body, whole.
+    pub async fn collect(mut self) -> Bytes {
+        let mut all = Vec::new();
+        while let Some(chunk) = self.next_chunk().await {
+            all.extend_from_slice(&chunk);
+        }
+        all.into()
+    }
+
+    /// A body written piece by piece; it ends when every sender is dropped.
+    pub fn channel() -> (BodySender, Self) {
+        let (tx, rx) = mpsc::channel(64);
+        (BodySender { tx }, Self { rx })
+    }
+}
+
+impl BodySender {
+    /// Queues `bytes`; waits while the reader is behind. `false`: the reader is gone.
+    pub async fn send(&self, bytes: impl Into<Bytes>) -> bool {
+        self.tx.send(bytes.into()).await.is_ok()
+    }
+}
+
+impl http_body::Body for StreamBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|next| next.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A buffered response as a [`StreamBody`] one.
+pub fn into_stream(resp: Response<Body>) -> Response<StreamBody> {
+    resp.map(|body| StreamBody::full(body.to_vec()))
+}
+
+/// One Server-Sent Event: `event: <name>` and its JSON data.
+pub fn sse_event(name: &str, data: &impl Serialize) -> Bytes {
+    let data = serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned());
+    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+}
+
+/// Whether the client asked for Server-Sent Events (`Accept: text/event-stream`).
+pub fn wants_event_stream(req: &Request) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
 }

@@ -5,9 +5,7 @@ mod common;
 use base64::Engine;
 use common::*;
 use serde_json::json;
-use shared::api::{
-    chat as chat_fn, login as login_fn, register as register_fn, tokens as tokens_fn,
-};
+use shared::api::{login as login_fn, register as register_fn, tokens as tokens_fn};
 use testkit::GeminiStandIn;
 
 #[tokio::test]
@@ -153,12 +151,11 @@ async fn every_function_refuses_other_methods_with_405() {
     for (method, path, allowed) in cases {
         let req = event(method, path, None, None);
         let resp = match path {
-            "/api/register/" => register_fn::handle(app, req).await,
-            "/api/login/" => login_fn::handle(app, req).await,
-            "/api/tokens/" => tokens_fn::handle(app, req).await,
-            _ => chat_fn::handle(&chat_app, req).await,
-        }
-        .unwrap();
+            "/api/register/" => register_fn::handle(app, req).await.unwrap(),
+            "/api/login/" => login_fn::handle(app, req).await.unwrap(),
+            "/api/tokens/" => tokens_fn::handle(app, req).await.unwrap(),
+            _ => chat_request(&chat_app, req).await,
+        };
         assert_eq!(resp.status(), 405, "{method} {path}");
         assert_eq!(header(&resp, "allow"), Some(allowed));
         assert_eq!(json_of(&resp)["code"], "method_not_allowed");

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use common::*;
 use serde_json::json;
-use shared::{api::chat as chat_fn, store::ChargeState};
+use shared::store::ChargeState;
 use testkit::{Behavior, GeminiStandIn};
 
 #[tokio::test]
@@ -128,12 +128,11 @@ async fn bad_chat_input_is_400_and_free() {
         "[\"hello\"]",
     ];
     for body in bodies {
-        let resp = chat_fn::handle(
+        let resp = chat_request(
             &chat_app,
             event("POST", "/api/chat/", Some(&token), Some(body)),
         )
-        .await
-        .unwrap();
+        .await;
         assert_eq!(resp.status(), 400, "{body}");
     }
     assert_eq!(standin.requests(), 0);
@@ -146,18 +145,15 @@ async fn chat_without_a_valid_token_is_401_and_free() {
     let standin = GeminiStandIn::start().await;
     let chat_app = chat_app(&standin).await;
     let body = json!({"message": "hi"}).to_string();
-    let resp = chat_fn::handle(&chat_app, event("POST", "/api/chat/", None, Some(&body)))
-        .await
-        .unwrap();
+    let resp = chat_request(&chat_app, event("POST", "/api/chat/", None, Some(&body))).await;
     assert_eq!(resp.status(), 401);
     assert_eq!(json_of(&resp)["code"], "not_authenticated");
     let forged = "cd".repeat(32);
-    let resp = chat_fn::handle(
+    let resp = chat_request(
         &chat_app,
         event("POST", "/api/chat/", Some(&forged), Some(&body)),
     )
-    .await
-    .unwrap();
+    .await;
     assert_eq!(resp.status(), 401);
     assert_eq!(json_of(&resp)["code"], "invalid_token");
     assert_eq!(standin.requests(), 0);

@@ -1,26 +1,32 @@
-//! `POST /api/chat/` `{"message"}` → `{"message", "response", "tokens_remaining"}`.
+//! `POST /api/chat/` `{"message"}` → `{"message", "response", "tokens_remaining"}`, or,
+//! with `Accept: text/event-stream`, the answer as Server-Sent Events as it is written:
+//! `start`, `delta`…, then `done` (or `error`).
 //!
 //! The handler parses the request, hands it to the chat service and renders what comes
-//! back. Credits, the model call and idempotency are the service's (`service::chat`).
+//! back. Credits, the model call and idempotency are the service's (`service::chat`), the
+//! same for both renderings.
 
 use lambda_http::{
     Body, Error, Request, Response,
-    http::{HeaderValue, Method, StatusCode},
+    http::{HeaderValue, Method, StatusCode, header},
 };
 use serde_json::json;
 
 use crate::{
     ApiError, ChatApp,
     domain::ChatMessage,
-    http,
-    service::chat::{Begun, ChatRequest, ChatService, Outcome},
+    http::{self, StreamBody},
+    service::chat::{Answer, Begun, ChatRequest, ChatService, Outcome, Progress},
 };
 
-pub async fn handle(chat_app: &ChatApp, req: Request) -> Result<Response<Body>, Error> {
-    Ok(http::respond(chat(chat_app, &req).await))
+pub async fn handle(chat_app: &ChatApp, req: Request) -> Result<Response<StreamBody>, Error> {
+    Ok(match chat(chat_app, &req).await {
+        Ok(resp) => resp,
+        Err(err) => http::into_stream(http::error_response(&err)),
+    })
 }
 
-async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<Body>, ApiError> {
+async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>, ApiError> {
     let app = &chat_app.app;
     http::require_method(req, Method::POST)?;
     // Cheap checks before any I/O: a missing token or a bad body costs no round trip.
@@ -31,47 +37,133 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<Body>, ApiEr
         http::string_field(&body, "message")?,
         app.config.max_message_chars,
     )?;
+    let streamed = http::wants_event_stream(req);
     let user_key = app.authenticate(token).await?;
 
-    let service = ChatService {
-        store: &app.store,
-        gemini: &chat_app.gemini,
-        config: &app.config,
-    };
+    let service = service(chat_app);
     let request = ChatRequest {
         user_key,
         message,
         idempotency_key,
     };
-    match service.begin(request).await? {
-        Begun::Started(turn) => render(service.ask(turn).await?, false),
+    let turn = match service.begin(request).await? {
+        Begun::Started(turn) => turn,
         Begun::Replay(outcome) => {
             tracing::info!("idempotent replay");
-            render(outcome, true)
+            let mut resp = match (outcome, streamed) {
+                (Outcome::Answered(answer), true) => {
+                    event_stream(StreamBody::full(http::sse_event("done", &done(&answer))))
+                }
+                (Outcome::Answered(answer), false) => http::into_stream(answered(&answer)),
+                (Outcome::Refused { reason }, _) => {
+                    http::into_stream(http::error_response(&ApiError::ContentBlocked { reason }))
+                }
+            };
+            resp.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(resp);
+        }
+    };
+    if !streamed {
+        return match service.ask(turn).await? {
+            Outcome::Answered(answer) => Ok(http::into_stream(answered(&answer))),
+            Outcome::Refused { reason } => Err(ApiError::ContentBlocked { reason }),
+        };
+    }
+
+    // Until the model's first words the answer can still be an error status; after, it
+    // is a 200 stream whose failures are `error` events.
+    let open = service.open_stream(turn).await?;
+    let (tx, body) = StreamBody::channel();
+    let chat_app = chat_app.clone();
+    tokio::spawn(async move {
+        let service = self::service(&chat_app);
+        // `run` reports synchronously; the events are written in order as they come.
+        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+        let writer = async {
+            while let Some(event) = progress_rx.recv().await {
+                // A client that went away stops receiving; the turn still runs to its end.
+                let _ = tx.send(event).await;
+            }
+        };
+        let run = async {
+            open.run(service, |progress| {
+                let _ = progress_tx.send(render_progress(progress));
+            })
+            .await;
+            drop(progress_tx);
+        };
+        tokio::join!(run, writer);
+    });
+    Ok(event_stream(body))
+}
+
+fn service(chat_app: &ChatApp) -> ChatService<'_> {
+    ChatService {
+        store: &chat_app.app.store,
+        gemini: &chat_app.gemini,
+        config: &chat_app.app.config,
+    }
+}
+
+/// The original service's answer.
+fn answered(answer: &Answer) -> Response<Body> {
+    let body = json!({
+        "message": answer.message,
+        "response": answer.response,
+        "tokens_remaining": answer.tokens_remaining,
+    });
+    http::with_balance(http::json(StatusCode::OK, &body), answer.tokens_remaining)
+}
+
+/// The `done` event: the original body's fields, and what else the turn knows.
+fn done(answer: &Answer) -> serde_json::Value {
+    json!({
+        "message": answer.message,
+        "response": answer.response,
+        "tokens_remaining": answer.tokens_remaining,
+        "conversation_id": answer.conversation_id,
+        "model": answer.model,
+        "cost": answer.cost,
+        "usage": answer.usage,
+        "finish_reason": answer.finish_reason,
+    })
+}
+
+fn render_progress(progress: Progress) -> bytes::Bytes {
+    match progress {
+        Progress::Start {
+            conversation_id,
+            model,
+            tokens_remaining,
+        } => http::sse_event(
+            "start",
+            &json!({
+                "conversation_id": conversation_id,
+                "model": model,
+                "tokens_remaining": tokens_remaining,
+            }),
+        ),
+        Progress::Delta(text) => http::sse_event("delta", &json!({ "text": text })),
+        Progress::Done(answer) => http::sse_event("done", &done(&answer)),
+        Progress::Failed(err) => {
+            let err = ApiError::from(err);
+            http::log_error(&err);
+            http::sse_event(
+                "error",
+                &json!({ "code": err.code(), "detail": err.to_string() }),
+            )
         }
     }
 }
 
-/// The response for an outcome: the original service's body for an answer, the usual
-/// error for a refusal; replays say so.
-fn render(outcome: Outcome, replayed: bool) -> Result<Response<Body>, ApiError> {
-    let mut resp = match outcome {
-        Outcome::Answered(answer) => {
-            let body = json!({
-                "message": answer.message,
-                "response": answer.response,
-                "tokens_remaining": answer.tokens_remaining,
-            });
-            http::with_balance(http::json(StatusCode::OK, &body), answer.tokens_remaining)
-        }
-        Outcome::Refused { reason } if replayed => {
-            http::error_response(&ApiError::ContentBlocked { reason })
-        }
-        Outcome::Refused { reason } => return Err(ApiError::ContentBlocked { reason }),
-    };
-    if replayed {
-        resp.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    Ok(resp)
+fn event_stream(body: StreamBody) -> Response<StreamBody> {
+    let mut resp = Response::new(body);
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }

@@ -81,7 +81,8 @@ impl ChatApp {
             }
         };
         let gemini = GeminiConfig::from_env(key)?;
-        app.config.check_chat_budget(gemini.timeout)?;
+        app.config
+            .check_chat_budget(gemini.timeout.max(gemini.stream_timeout))?;
         let gemini = GeminiClient::new(gemini)?;
         Ok(Self::new(app, gemini))
     }

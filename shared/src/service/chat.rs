@@ -2,8 +2,10 @@
 //! the model asked, the charge settled or refunded, and the outcome kept for replays.
 //!
 //! A turn is begun with [`ChatService::begin`], which claims the key and holds the
-//! credits; whoever asks the model (a buffered call, a stream) then ends it with
-//! [`Turn::answered`] or [`Turn::failed`]. [`ChatService::ask`] is the buffered whole.
+//! credits; whoever asks the model then ends it with [`ChatService::answered`] or
+//! [`ChatService::failed`]. [`ChatService::ask`] is the buffered whole;
+//! [`ChatService::open_stream`] and [`OpenStream::run`] the streamed one. Both share the
+//! hold, the settle, the refund and the idempotency outcome.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -66,6 +68,32 @@ impl From<ChargeError> for ChatError {
             ChargeError::Store(e) => Self::Store(e),
         }
     }
+}
+
+/// What a streamed turn reports as it goes.
+#[derive(Debug)]
+pub enum Progress {
+    /// The credits are held and the model has started answering.
+    Start {
+        conversation_id: String,
+        model: String,
+        tokens_remaining: u64,
+    },
+    /// More of the answer.
+    Delta(String),
+    /// The whole answer, paid for.
+    Done(Answer),
+    /// The answer failed midway; the charge was refunded.
+    Failed(ChatError),
+}
+
+/// A streamed turn whose model has produced its first text: from here on, failures are
+/// reported as [`Progress::Failed`] rather than as an error status.
+#[derive(Debug)]
+pub struct OpenStream {
+    turn: Turn,
+    stream: gemini::ReplyStream,
+    first: gemini::StreamEvent,
 }
 
 /// What the client asked for.
@@ -157,8 +185,29 @@ impl<'a> ChatService<'a> {
             charges.recover(&turn.hold.abandoned),
         );
         match reply {
-            Ok(reply) => self.answered(turn, reply, recovered).await,
+            Ok(reply) => Ok(Outcome::Answered(
+                self.answered(turn, reply, recovered).await?,
+            )),
             Err(err) => Err(self.failed(turn, err).await),
+        }
+    }
+
+    /// Opens the model's stream and waits for its first text. A failure before that is
+    /// refunded and returned, so it can still be answered with an error status.
+    pub async fn open_stream(&self, turn: Turn) -> Result<OpenStream, ChatError> {
+        let prompt = Prompt::new(self.gemini.default_model(), turn.message.as_str());
+        let mut stream = match self.gemini.stream(&prompt).await {
+            Ok(stream) => stream,
+            Err(err) => return Err(self.failed(turn, err).await),
+        };
+        match stream.next().await {
+            Some(Ok(first)) => Ok(OpenStream {
+                turn,
+                stream,
+                first,
+            }),
+            Some(Err(err)) => Err(self.failed(turn, err).await),
+            None => Err(self.failed(turn, gemini::Error::Incomplete).await),
         }
     }
 
@@ -168,7 +217,7 @@ impl<'a> ChatService<'a> {
         turn: Turn,
         reply: gemini::Reply,
         recovered: u64,
-    ) -> Result<Outcome, ChatError> {
+    ) -> Result<Answer, ChatError> {
         let hold = &turn.hold;
         let answer = Answer {
             message: turn.message.as_str().to_owned(),
@@ -199,13 +248,13 @@ impl<'a> ChatService<'a> {
             finish_reason = answer.finish_reason.as_deref().unwrap_or("-"),
             "chat answered"
         );
-        let outcome = Outcome::Answered(answer);
         // Only after the settle: a key must never replay an answer that was not paid.
         if let Some((key, owner)) = &turn.key {
+            let outcome = Outcome::Answered(answer.clone());
             self.finish(&hold.charge.user_key, key, owner, &outcome)
                 .await;
         }
-        Ok(outcome)
+        Ok(answer)
     }
 
     /// The model failed: refund, and either keep the refusal (a safety block will block
@@ -233,6 +282,10 @@ impl<'a> ChatService<'a> {
             tracing::warn!(user = %user, charge = %hold.charge.id, reason, "model failed; refunded");
         }
         ChatError::Model(err)
+    }
+
+    fn model_name(&self) -> String {
+        self.gemini.default_model().as_str().to_owned()
     }
 
     /// `Some(outcome)`: the key's first request already ended; replay it.
@@ -316,6 +369,46 @@ impl<'a> ChatService<'a> {
     async fn release(&self, user: &str, key: &str, owner: &KeyOwner) {
         if let Err(e) = self.store.release_idempotency_key(user, key, owner).await {
             tracing::error!(error = %Chain(&e), "could not free the idempotency key");
+        }
+    }
+}
+
+impl OpenStream {
+    /// Reads the model's stream to its end, reporting each step to `report`, then settles
+    /// or refunds. It never stops early: a client that went away still gets its answer
+    /// stored and charged once (`report` just has nobody to tell).
+    pub async fn run(self, service: ChatService<'_>, mut report: impl FnMut(Progress)) {
+        let OpenStream {
+            turn,
+            mut stream,
+            first,
+        } = self;
+        let hold = &turn.hold;
+        report(Progress::Start {
+            conversation_id: hold.charge.conversation_id.clone(),
+            model: service.model_name(),
+            tokens_remaining: hold.balance,
+        });
+        let charges = service.charges();
+        let read = async {
+            let mut next = Some(Ok(first));
+            loop {
+                match next {
+                    Some(Ok(gemini::StreamEvent::Text(text))) => report(Progress::Delta(text)),
+                    Some(Ok(gemini::StreamEvent::Done(reply))) => return Ok(reply),
+                    Some(Err(err)) => return Err(err),
+                    None => return Err(gemini::Error::Incomplete),
+                }
+                next = stream.next().await;
+            }
+        };
+        let (reply, recovered) = tokio::join!(read, charges.recover(&hold.abandoned));
+        match reply {
+            Ok(reply) => match service.answered(turn, reply, recovered).await {
+                Ok(answer) => report(Progress::Done(answer)),
+                Err(err) => report(Progress::Failed(err)),
+            },
+            Err(err) => report(Progress::Failed(service.failed(turn, err).await)),
         }
     }
 }

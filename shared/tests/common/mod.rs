@@ -49,6 +49,8 @@ pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> App {
 pub fn gemini_config(standin: &GeminiStandIn) -> GeminiConfig {
     GeminiConfig {
         timeout: Duration::from_secs(5),
+        stream_timeout: Duration::from_secs(10),
+        stream_idle_timeout: Duration::from_secs(2),
         ..GeminiConfig::new(
             Secret::new(API_KEY),
             standin.base_url(),
@@ -176,12 +178,19 @@ pub async fn balance(app: &App, token: &str) -> u64 {
 
 pub async fn chat(chat_app: &ChatApp, token: &str, message: &str) -> Response<Body> {
     let body = json!({ "message": message }).to_string();
-    shared::api::chat::handle(
+    chat_request(
         chat_app,
         event("POST", "/api/chat/", Some(token), Some(&body)),
     )
     .await
-    .unwrap()
+}
+
+/// The chat handler's (streamed) response, read whole.
+pub async fn chat_request(chat_app: &ChatApp, req: Request) -> Response<Body> {
+    let resp = shared::api::chat::handle(chat_app, req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await;
+    Response::from_parts(parts, Body::Binary(bytes.to_vec()))
 }
 
 /// Asserts that the user's books balance, and returns them.
@@ -211,5 +220,5 @@ pub async fn chat_with_key(
     });
     let body = json!({ "message": message }).to_string();
     let req = event_with("POST", "/api/chat/", headers, Some((body, false)));
-    shared::api::chat::handle(chat_app, req).await.unwrap()
+    chat_request(chat_app, req).await
 }

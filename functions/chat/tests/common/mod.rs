@@ -46,6 +46,7 @@ impl Setup {
             ("GEMINI_API_KEY", "test-key".to_owned()),
             ("GEMINI_BASE_URL", self.standin.base_url()),
             ("GEMINI_TIMEOUT_MS", "1500".to_owned()),
+            ("GEMINI_STREAM_TIMEOUT_MS", "1500".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ];
         env.extend(extra.iter().cloned());

@@ -1,0 +1,210 @@
+//! `POST /api/chat/` with `Accept: text/event-stream`: the answer as Server-Sent Events
+//! while Gemini writes it, billed by the same charge lifecycle as a JSON answer.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use shared::{ChatApp, http::StreamBody, store::ChargeState};
+use testkit::{Behavior, gemini::Pacing};
+
+/// A streamed chat: the response's status, headers and its still-open body.
+async fn stream_chat(
+    chat_app: &ChatApp,
+    token: &str,
+    message: &str,
+    key: Option<&str>,
+) -> lambda_http::Response<StreamBody> {
+    let mut headers = json!({
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream",
+        "Authorization": format!("Token {token}"),
+    });
+    if let Some(key) = key {
+        headers["Idempotency-Key"] = json!(key);
+    }
+    let body = json!({ "message": message }).to_string();
+    let req = event_with("POST", "/api/chat/", headers, Some((body, false)));
+    shared::api::chat::handle(chat_app, req).await.unwrap()
+}
+
+/// Server-Sent Events as they arrive: `(name, data, arrival)`.
+async fn read_events(body: &mut StreamBody, until: Option<usize>) -> Vec<(String, Value, Instant)> {
+    let mut events = Vec::new();
+    let mut pending = String::new();
+    while until.is_none_or(|n| events.len() < n) {
+        let Some(chunk) = body.next_chunk().await else {
+            break;
+        };
+        let at = Instant::now();
+        pending.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = pending.find("\n\n") {
+            let block: String = pending.drain(..end + 2).collect();
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let data = serde_json::from_str(&field("data:")).unwrap();
+            events.push((field("event:"), data, at));
+        }
+    }
+    events
+}
+
+fn names(events: &[(String, Value, Instant)]) -> Vec<&str> {
+    events.iter().map(|(n, _, _)| n.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_streamed_answer_arrives_word_by_word_and_matches_the_history() {
+    let (standin, chat_app, token) = john_chatting(Behavior::LongAnswer { words: 60 }).await;
+    standin.set_pacing(Pacing {
+        first_chunk: Duration::from_millis(100),
+        interval: Duration::from_millis(40),
+        words_per_chunk: 3,
+    });
+    let resp = stream_chat(&chat_app, &token, "tell me a story", None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header_of(&resp, "content-type"), Some("text/event-stream"));
+    let mut body = resp.into_body();
+    let events = read_events(&mut body, None).await;
+
+    let names = names(&events);
+    assert_eq!(names.first(), Some(&"start"));
+    assert_eq!(names.last(), Some(&"done"));
+    assert!(names[1..names.len() - 1].iter().all(|n| *n == "delta"));
+    assert!(names.len() > 4, "several deltas: {names:?}");
+
+    let start = &events[0].1;
+    assert_eq!(start["tokens_remaining"], 3900);
+    assert!(start["conversation_id"].is_string() && start["model"].is_string());
+
+    let text: String = events
+        .iter()
+        .filter(|(n, _, _)| n == "delta")
+        .map(|(_, d, _)| d["text"].as_str().unwrap())
+        .collect();
+    let done = &events.last().unwrap().1;
+    assert_eq!(done["message"], "tell me a story");
+    assert_eq!(
+        done["response"],
+        text.as_str(),
+        "done carries the whole answer"
+    );
+    assert_eq!(done["tokens_remaining"], 3900);
+    assert_eq!(done["conversation_id"], start["conversation_id"]);
+
+    // The first words reached the client while Gemini was still writing.
+    let recorded = standin.recorded();
+    let chunks = &recorded.last().unwrap().chunks_written;
+    let first_delta_at = events[1].2;
+    assert!(
+        first_delta_at < *chunks.last().unwrap(),
+        "the first delta came before the stand-in wrote its last chunk"
+    );
+
+    let chats = chat_app.app.store.chats("john").await.unwrap();
+    assert_eq!(chats.len(), 1);
+    assert_eq!(chats[0].state, ChargeState::Completed);
+    assert_eq!(chats[0].response.as_deref(), Some(text.as_str()));
+    assert_eq!(balance(&chat_app.app, &token).await, 3900);
+    assert_books_balance(&chat_app.app, "john").await;
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_midway_ends_with_an_error_event_and_is_refunded() {
+    for (behavior, code) in [
+        (Behavior::DropAfter(2), "model_error"),
+        (Behavior::SafetyAfter(2), "content_blocked"),
+        (Behavior::StallAfter(2), "model_timeout"),
+    ] {
+        let (standin, chat_app, token) = john_chatting(behavior.clone()).await;
+        standin.set_pacing(Pacing::immediate());
+        let resp = stream_chat(&chat_app, &token, "a long question", None).await;
+        assert_eq!(resp.status(), 200, "{behavior:?}");
+        let events = read_events(&mut resp.into_body(), None).await;
+        let names = names(&events);
+        assert_eq!(names.first(), Some(&"start"), "{behavior:?}");
+        assert!(names.contains(&"delta"), "{behavior:?}: {names:?}");
+        let (last, data, _) = events.last().unwrap();
+        assert_eq!(last, "error", "{behavior:?}: {names:?}");
+        assert_eq!(data["code"], code, "{behavior:?}: {data}");
+        assert!(data["detail"].is_string());
+        assert_eq!(balance(&chat_app.app, &token).await, 4000, "{behavior:?}");
+        let books = assert_books_balance(&chat_app.app, "john").await;
+        assert_eq!((books.refunded_chats, books.completed_chats), (1, 0));
+    }
+}
+
+#[tokio::test]
+async fn a_failure_before_the_first_words_is_an_error_status() {
+    let (standin, chat_app, token) = john_chatting(Behavior::Status(503)).await;
+    let resp = stream_chat(&chat_app, &token, "hello", None).await;
+    assert_eq!(resp.status(), 503);
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await).unwrap();
+    assert_eq!(body["code"], "model_unavailable");
+    assert!(standin.requests() >= 1);
+    assert_eq!(balance(&chat_app.app, &token).await, 4000);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_still_gets_its_answer_stored_and_charged_once() {
+    let (standin, chat_app, token) = john_chatting(Behavior::LongAnswer { words: 60 }).await;
+    standin.set_pacing(Pacing {
+        first_chunk: Duration::from_millis(20),
+        interval: Duration::from_millis(20),
+        words_per_chunk: 3,
+    });
+    let resp = stream_chat(&chat_app, &token, "tell me a story", None).await;
+    let mut body = resp.into_body();
+    let events = read_events(&mut body, Some(2)).await;
+    assert_eq!(names(&events), ["start", "delta"]);
+    drop(body); // the client goes away
+
+    // The function reads Gemini to the end and settles.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let chats = loop {
+        let chats = chat_app.app.store.chats("john").await.unwrap();
+        if !chats.is_empty() || Instant::now() > deadline {
+            break chats;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(chats.len(), 1, "the answer is in the history");
+    assert_eq!(chats[0].state, ChargeState::Completed);
+    assert!(standin.recorded().last().unwrap().stream_completed);
+    assert_eq!(balance(&chat_app.app, &token).await, 3900, "charged once");
+    assert_books_balance(&chat_app.app, "john").await;
+}
+
+#[tokio::test]
+async fn a_streamed_retry_with_the_same_key_replays_the_outcome() {
+    let (standin, chat_app, token) = john_chatting(Behavior::Answer).await;
+    standin.set_pacing(Pacing::immediate());
+    let first = stream_chat(&chat_app, &token, "hello", Some("k-1")).await;
+    let first = read_events(&mut first.into_body(), None).await;
+    let done = &first.last().unwrap().1;
+
+    let again = stream_chat(&chat_app, &token, "hello", Some("k-1")).await;
+    assert_eq!(header_of(&again, "idempotent-replayed"), Some("true"));
+    let again = read_events(&mut again.into_body(), None).await;
+    assert_eq!(names(&again), ["done"]);
+    assert_eq!(&again[0].1, done);
+    assert_eq!(standin.requests(), 1);
+    assert_eq!(balance(&chat_app.app, &token).await, 3900);
+
+    // The same key asked for JSON gets the JSON answer of the same outcome.
+    let json = chat_with_key(&chat_app, &token, "hello", "k-1").await;
+    assert_eq!(json.status(), 200);
+    assert_eq!(json_of(&json)["response"], done["response"]);
+}
+
+fn header_of<'a, B>(resp: &'a lambda_http::Response<B>, name: &str) -> Option<&'a str> {
+    resp.headers().get(name).and_then(|v| v.to_str().ok())
+}
