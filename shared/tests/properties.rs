@@ -3,8 +3,8 @@
 //!
 //! Cases per property: proptest's default, 256, or `PROPTEST_CASES` (e.g.
 //! `PROPTEST_CASES=10000 cargo test -p shared --test properties`). A failure prints the
-//! smallest input found; proptest saves its seed under `proptest-regressions/` so the
-//! next run tries it first (commit that file with the fix).
+//! smallest input found; proptest saves its seed in `properties.proptest-regressions`
+//! beside this file, so every later run tries it first (commit that file).
 //!
 //! The pattern for a new parser `parse(&str) -> Result<T, E>`:
 //! 1. `any_text()` in, and `accepted_only_if(parse(&s), |v| <the rule>)` — never panics,
