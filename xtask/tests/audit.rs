@@ -5,7 +5,6 @@ use std::process::Command;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use shared::{
-    auth,
     service::charges::{Answered, Charges},
     store::{ChatOutcome, OpenCharge, now_millis},
 };
@@ -25,9 +24,10 @@ fn audit(table: &str, user: &str) -> (i32, String) {
 async fn audit_reports_balanced_and_unbalanced_books() {
     let store = testkit::table::local_store("audit").await;
     let (client, table) = (store.client().clone(), store.table().to_owned());
-    demo::user_with_token(&store, "john", 4000, &auth::new_token().unwrap())
+    let token = demo::user_with_new_token(&store, "john", 4000)
         .await
         .unwrap();
+    let guard = demo::guard(&token);
 
     // One settled chat, one refunded, one still open.
     let charges = Charges::new(&store, std::time::Duration::from_secs(60));
@@ -39,7 +39,7 @@ async fn audit_reports_balanced_and_unbalanced_books() {
         opened_at: now_millis(),
     };
     for outcome in ["settle", "refund", "open"] {
-        let hold = charges.hold(charge(outcome)).await.unwrap();
+        let hold = charges.hold(charge(outcome), &guard).await.unwrap();
         match outcome {
             "settle" => {
                 let answer = Answered {

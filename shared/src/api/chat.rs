@@ -31,7 +31,10 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<Body>, ApiEr
         http::string_field(&body, "message")?,
         app.config.max_message_chars,
     )?;
-    let user_key = app.authenticate(token).await?;
+    // One read: the session checked, and the user item for the debit's guard. The debit
+    // checks the session again in its own write, so a logout racing this chat holds.
+    let authed = app.authenticate(token).await?;
+    let guard = app.accounts().debit_guard(&authed);
 
     let service = ChatService {
         store: &app.store,
@@ -39,9 +42,10 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<Body>, ApiEr
         config: &app.config,
     };
     let request = ChatRequest {
-        user_key,
+        user_key: authed.user_key,
         message,
         idempotency_key,
+        guard,
     };
     match service.begin(request).await? {
         Begun::Started(turn) => render(service.ask(turn).await?, false),
