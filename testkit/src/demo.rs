@@ -89,3 +89,12 @@ pub fn guard(token: &str) -> shared::store::DebitGuard {
         stale_windows: Vec::new(),
     }
 }
+
+/// Waits, if needed, until at least `secs` seconds are left in the current clock minute:
+/// for tests of the per-minute chat limit, whose window is the clock minute.
+pub async fn wait_for_a_fresh_minute(secs: u64) {
+    let into = now_millis() % 60_000;
+    if into + secs * 1000 > 60_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - into + 50)).await;
+    }
+}

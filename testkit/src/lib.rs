@@ -9,6 +9,7 @@
 //! emulator to run the function binaries as processes ([`runtime`]).
 
 pub mod demo;
+pub mod events;
 pub mod gemini;
 pub mod runtime;
 pub mod table;
