@@ -150,15 +150,7 @@ impl<'a> Accounts<'a> {
     ) -> Result<Token, AccountError> {
         let limits = &self.config.limits;
         let now = now_millis();
-        // The counter is keyed by the name as typed, whether or not it can exist.
-        let name_key = format!(
-            "login-user#{}",
-            username
-                .chars()
-                .take(Username::MAX_LEN)
-                .collect::<String>()
-                .to_ascii_lowercase()
-        );
+        let name_key = login_user_key(username);
         let ip_window = Window::new(limits.login_ip_window);
         let ip_key = client.map(|ip| format!("login-ip#{ip}#{}", ip_window.start));
         let user_key = Username::parse(username).ok().map(|u| u.key());
@@ -270,9 +262,7 @@ impl<'a> Accounts<'a> {
     ) -> Result<(), AccountError> {
         let current = authed.session().ok_or(AccountError::InvalidToken)?.clone();
         let stored = authed.user.password_hash.clone();
-        if !auth::verify_password(Some(stored.clone()), old).await? {
-            return Err(AccountError::InvalidCredentials);
-        }
+        self.check_password(authed, old).await?;
         let new_hash = auth::hash_password(new).await?;
         if !self
             .store
@@ -322,10 +312,7 @@ impl<'a> Accounts<'a> {
         password: Password,
         charge_timeout: Duration,
     ) -> Result<String, AccountError> {
-        let hash = authed.user.password_hash.clone();
-        if !auth::verify_password(Some(hash), password).await? {
-            return Err(AccountError::InvalidCredentials);
-        }
+        self.check_password(authed, password).await?;
         let id = hex::encode(uuid::Uuid::now_v7().as_bytes());
         let charges = Charges::new(self.store, charge_timeout);
         let mut recovered = false;
@@ -355,6 +342,28 @@ impl<'a> Accounts<'a> {
         Ok(id)
     }
 
+    /// Checks the password of a signed-in user (password change, account deletion) under
+    /// the same per-name back-off as login: a stolen token must not become a way to guess
+    /// the password without limit.
+    async fn check_password(
+        &self,
+        authed: &Authed,
+        password: Password,
+    ) -> Result<(), AccountError> {
+        let key = login_user_key(&authed.user.username);
+        let failures = self.store.counter(&key).await?;
+        if let Some(retry_after) = self.backoff(failures, now_millis()) {
+            return Err(AccountError::Throttled { retry_after });
+        }
+        let stored = Some(authed.user.password_hash.clone());
+        if !auth::verify_password(stored, password).await? {
+            let expires_at = now_millis() / 1000 + FAILURES_KEPT.as_secs();
+            self.store.count_up(&key, expires_at).await?;
+            return Err(AccountError::InvalidCredentials);
+        }
+        Ok(())
+    }
+
     /// `Some(wait)` while a run of failed logins for one name keeps it throttled.
     fn backoff(&self, failures: Counter, now: u64) -> Option<Duration> {
         let limits = &self.config.limits;
@@ -379,6 +388,13 @@ impl<'a> Accounts<'a> {
         evict.extend(live.iter().take(over).map(|s| s.id.as_str()));
         evict
     }
+}
+
+/// The failed-login counter of a name: keyed by the name as typed (case-folded), whether
+/// or not an account has it.
+fn login_user_key(username: &str) -> String {
+    let name: String = username.chars().take(Username::MAX_LEN).collect();
+    format!("login-user#{}", name.to_ascii_lowercase())
 }
 
 /// How long a run of failed logins is remembered after its last failure.
