@@ -155,7 +155,7 @@ impl Config {
             start_tokens: parse_or("START_TOKENS", 4000)?,
             chat_cost,
             token_ttl: days("TOKEN_TTL_DAYS", 30)?,
-            session_idle: Duration::from_secs(3600 * parse_or("SESSION_IDLE_HOURS", 168u64)?),
+            session_idle: hours("SESSION_IDLE_HOURS", 168)?,
             max_sessions: parse_or("MAX_SESSIONS", 20)?,
             limits: Limits::from_env()?,
             max_message_chars: parse_or("MAX_MESSAGE_CHARS", 8000)?,
@@ -285,6 +285,18 @@ fn millis_or(var: &'static str, default: Duration) -> Result<Duration, ConfigErr
         var,
         default.as_millis() as u64,
     )?))
+}
+
+/// A count of hours, refused if it would overflow a duration in seconds.
+fn hours(var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    let hours: u64 = parse_or(var, default)?;
+    match hours.checked_mul(3600) {
+        Some(secs) if hours > 0 && secs <= u64::from(u32::MAX) => Ok(Duration::from_secs(secs)),
+        _ => Err(ConfigError {
+            var,
+            reason: format!("must be between 1 and {} hours", u64::from(u32::MAX) / 3600),
+        }),
+    }
 }
 
 /// A count of days, refused if it would overflow a duration in seconds.

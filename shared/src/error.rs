@@ -25,7 +25,7 @@ pub enum ApiError {
         field: &'static str,
         message: String,
     },
-    #[error("Unsupported media type {0:?}; send application/json.")]
+    #[error("Send the body as application/json (Content-Type {0:?} is not accepted here).")]
     UnsupportedMediaType(String),
     #[error("The request body is larger than {limit} bytes.")]
     PayloadTooLarge { limit: usize },
