@@ -527,3 +527,34 @@ async fn tokens_costs_one_read_and_chat_a_read_a_debit_and_the_settle() {
     assert_eq!(resp.status(), 200);
     assert_eq!(relay.take(), ["getitem"]);
 }
+
+#[tokio::test]
+async fn guesses_sent_all_at_once_get_no_more_tries_than_guesses_in_a_row() {
+    let app = std::sync::Arc::new(app().await);
+    user_token(&app, "john").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let app = app.clone();
+        tasks.spawn(async move {
+            login(&app, "john", &format!("guess number {i}"))
+                .await
+                .status()
+                .as_u16()
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = tasks.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        15,
+        "{statuses:?}"
+    );
+}

@@ -18,7 +18,7 @@ use crate::{
     auth::{self, Token},
     config::Config,
     domain::{Password, Username},
-    store::{self, Counter, DebitGuard, SessionEntry, Store, UserItem, now_millis},
+    store::{self, DebitGuard, Reservation, SessionEntry, Store, UserItem, now_millis},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +154,8 @@ impl<'a> Accounts<'a> {
         let ip_window = Window::new(limits.login_ip_window);
         let ip_key = client.map(|ip| format!("login-ip#{ip}#{}", ip_window.start));
         let user_key = Username::parse(username).ok().map(|u| u.key());
+        // The attempt is counted before the password is checked, atomically, so that
+        // guesses sent all at once are held to the same limits as guesses in a row.
         let (user, by_name, by_ip) = tokio::join!(
             async {
                 match &user_key {
@@ -161,34 +163,39 @@ impl<'a> Accounts<'a> {
                     None => Ok(None),
                 }
             },
-            self.store.counter(&name_key),
+            self.reserve(&name_key, now),
             async {
                 match &ip_key {
-                    Some(key) => self.store.counter(key).await,
-                    None => Ok(Counter::default()),
+                    Some(key) => {
+                        self.store
+                            .take(key, limits.login_ip_failures, ip_window.expires_at())
+                            .await
+                    }
+                    None => Ok(true),
                 }
             },
         );
-        let (user, by_name, by_ip) = (user?, by_name?, by_ip?);
-        let mut wait = self.backoff(by_name, now);
-        if by_ip.count >= limits.login_ip_failures {
-            wait = wait.max(Some(ip_window.remaining()));
-        }
-        if let Some(retry_after) = wait {
-            return Err(AccountError::Throttled { retry_after });
-        }
+        let (user, by_name, ip_allowed) = (user?, by_name?, by_ip?);
+        let attempts = match by_name {
+            Ok(attempts) if ip_allowed => attempts,
+            refused => {
+                // A name held back: the address's count was no failure. (An address held
+                // back leaves the name's attempt counted: undoing it would let one reset
+                // the other.)
+                if ip_allowed && let Some(key) = &ip_key {
+                    self.store.give_back(key).await?;
+                }
+                let retry_after = match refused {
+                    Err(wait) => wait,
+                    Ok(_) => ip_window.remaining(),
+                };
+                return Err(AccountError::Throttled { retry_after });
+            }
+        };
 
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         if !auth::verify_password(hash, password).await? {
-            let name_expiry = now / 1000 + FAILURES_KEPT.as_secs();
-            let (a, b) = tokio::join!(self.store.count_up(&name_key, name_expiry), async {
-                match &ip_key {
-                    Some(key) => self.store.count_up(key, ip_window.expires_at()).await,
-                    None => Ok(()),
-                }
-            });
-            a?;
-            b?;
+            self.failed(&name_key, attempts, now).await?;
             return Err(AccountError::InvalidCredentials);
         }
         let Some(user) = user else {
@@ -203,14 +210,11 @@ impl<'a> Accounts<'a> {
             expires_at: now + self.config.token_ttl.as_millis() as u64,
         };
         let evict = self.evictions(&user, now);
-        // A success ends the run of failures; only then is there anything to forget.
-        let forget = async {
-            match by_name.count {
-                0 => Ok(()),
-                _ => self.store.reset(&name_key).await,
-            }
-        };
-        let (added, forgot) = tokio::join!(self.store.add_session(&user, &session, &evict), forget);
+        // A success ends the run of failures, and was no failure from this address.
+        let (added, forgot) = tokio::join!(
+            self.store.add_session(&user, &session, &evict),
+            self.forget(&name_key, ip_key.as_deref()),
+        );
         if let Err(e) = forgot {
             tracing::warn!(error = %crate::error::Chain(&e), "could not reset the failed-login counter");
         }
@@ -351,29 +355,72 @@ impl<'a> Accounts<'a> {
         password: Password,
     ) -> Result<(), AccountError> {
         let key = login_user_key(&authed.user.username);
-        let failures = self.store.counter(&key).await?;
-        if let Some(retry_after) = self.backoff(failures, now_millis()) {
-            return Err(AccountError::Throttled { retry_after });
-        }
+        let now = now_millis();
+        let attempts = match self.reserve(&key, now).await? {
+            Ok(attempts) => attempts,
+            Err(retry_after) => return Err(AccountError::Throttled { retry_after }),
+        };
         let stored = Some(authed.user.password_hash.clone());
         if !auth::verify_password(stored, password).await? {
-            let expires_at = now_millis() / 1000 + FAILURES_KEPT.as_secs();
-            self.store.count_up(&key, expires_at).await?;
+            self.failed(&key, attempts, now).await?;
             return Err(AccountError::InvalidCredentials);
+        }
+        if let Err(e) = self.forget(&key, None).await {
+            tracing::warn!(error = %crate::error::Chain(&e), "could not reset the failed-login counter");
         }
         Ok(())
     }
 
-    /// `Some(wait)` while a run of failed logins for one name keeps it throttled.
-    fn backoff(&self, failures: Counter, now: u64) -> Option<Duration> {
+    /// Counts an attempt on the name's run of failures: `Ok(attempt number)`, or
+    /// `Err(wait)` while the run is held back.
+    async fn reserve(
+        &self,
+        name_key: &str,
+        now: u64,
+    ) -> Result<Result<u64, Duration>, AccountError> {
         let limits = &self.config.limits;
-        let over = failures.count.checked_sub(limits.login_free_failures)?;
+        let hold = now + limits.login_backoff.as_millis() as u64;
+        let expires_at = now / 1000 + FAILURES_KEPT.as_secs();
+        Ok(
+            match self
+                .store
+                .reserve(name_key, limits.login_free_failures, hold, expires_at)
+                .await?
+            {
+                Reservation::Granted { attempts } => Ok(attempts),
+                Reservation::Refused { until } => {
+                    Err(Duration::from_millis(until.saturating_sub(now).max(1)))
+                }
+            },
+        )
+    }
+
+    /// A failed attempt: past the free ones, the run is held back, doubling each time.
+    async fn failed(&self, name_key: &str, attempts: u64, now: u64) -> Result<(), AccountError> {
+        let limits = &self.config.limits;
+        let Some(over) = attempts.checked_sub(limits.login_free_failures) else {
+            return Ok(());
+        };
         let wait = limits
             .login_backoff
             .saturating_mul(1u32.checked_shl(over.min(31) as u32).unwrap_or(u32::MAX))
             .min(limits.login_backoff_max);
-        let until = failures.last_at + wait.as_millis() as u64;
-        (until > now).then(|| Duration::from_millis(until - now))
+        self.store
+            .hold_until(name_key, now + wait.as_millis() as u64)
+            .await?;
+        Ok(())
+    }
+
+    /// A success: the run of failures ends, and the address gets its count back.
+    async fn forget(&self, name_key: &str, ip_key: Option<&str>) -> Result<(), store::Error> {
+        let ip = async {
+            match ip_key {
+                Some(key) => self.store.give_back(key).await,
+                None => Ok(()),
+            }
+        };
+        let (a, b) = tokio::join!(self.store.reset(name_key), ip);
+        a.and(b)
     }
 
     /// Sessions a new login ends: the dead ones, then the oldest beyond the cap.

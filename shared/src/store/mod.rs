@@ -4,7 +4,7 @@
 //! | item    | pk                  | sk             | attributes |
 //! |---------|---------------------|----------------|------------|
 //! | user    | `USER#<name key>`   | `PROFILE`      | username, password_hash, tokens, granted, spent, pending (map of open charges), sessions (map: id → digest, created_at, last_used, expires_at), chat_rate (map: minute → chats started), created_at |
-//! | throttle | `THROTTLE#<kind>#<subject>[#<window>]` | `THROTTLE` | n, last_at, expires_at (TTL) |
+//! | throttle | `THROTTLE#<kind>#<subject>[#<window>]` | `THROTTLE` | n, last_at, next_at (run counters), expires_at (TTL) |
 //! | chat    | `USER#<name key>`   | `CHAT#<conversation>#<charge uuidv7>`| conversation_id, message, response, model, cost, state, usage, balance, reason, created_at, settled_at |
 //! | idempotency | `USER#<name key>` | `IDEM#<client key>` | state, fingerprint, owner (charge id), conversation, started_at, outcome, expires_at (TTL) |
 
@@ -25,7 +25,7 @@ use aws_sdk_dynamodb::{Client, types::AttributeValue};
 pub use credits::{ChargeState, ChatOutcome, ChatRecord, Close, Debit, DebitGuard, OpenCharge};
 pub use idempotency::{Claim, KeyOwner};
 pub use retry::RetryPolicy;
-pub use throttle::Counter;
+pub use throttle::Reservation;
 pub use users::{Ledger, SessionEntry, Tombstone, UserItem};
 
 use crate::error::BoxError;

@@ -6,18 +6,22 @@
 //! A counter write retried after a lost answer may count once more: a throttle errs
 //! towards strictness by one, never towards letting more through.
 
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::{
+    operation::update_item::UpdateItemError,
+    types::{ReturnValue, ReturnValuesOnConditionCheckFailure},
+};
 
 use super::{Error, PK, SK, Store, TTL_ATTRIBUTE, get_n, n, now_millis, s};
 
 const THROTTLE: &str = "THROTTLE";
 
-/// A counter as read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counter {
-    pub count: u64,
-    /// When it was last counted up, in milliseconds since the Unix epoch.
-    pub last_at: u64,
+/// What [`Store::reserve`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Go ahead: this is attempt number `attempts` of the run.
+    Granted { attempts: u64 },
+    /// Throttled until `until` (milliseconds since the Unix epoch).
+    Refused { until: u64 },
 }
 
 fn throttle_pk(key: &str) -> aws_sdk_dynamodb::types::AttributeValue {
@@ -25,70 +29,6 @@ fn throttle_pk(key: &str) -> aws_sdk_dynamodb::types::AttributeValue {
 }
 
 impl Store {
-    /// The counter `key`; zero when absent or expired.
-    pub async fn counter(&self, key: &str) -> Result<Counter, Error> {
-        let get = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(PK, throttle_pk(key))
-            .key(SK, s(THROTTLE))
-            .consistent_read(true);
-        let out = self
-            .send("GetItem", || get.clone().send())
-            .await
-            .map_err(|f| f.into_error("GetItem"))?;
-        let Some(item) = out.item else {
-            return Ok(Counter::default());
-        };
-        if get_n(&item, TTL_ATTRIBUTE)? <= now_millis() / 1000 {
-            return Ok(Counter::default());
-        }
-        Ok(Counter {
-            count: get_n(&item, "n")?,
-            last_at: get_n(&item, "last_at")?,
-        })
-    }
-
-    /// Counts one more for `key`, kept until `expires_at` (seconds). A counter found
-    /// expired (TTL not yet applied) starts again from one.
-    pub async fn count_up(&self, key: &str, expires_at: u64) -> Result<(), Error> {
-        let now = now_millis();
-        let update = |fresh: bool| {
-            let update = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key(PK, throttle_pk(key))
-                .key(SK, s(THROTTLE))
-                .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
-                .expression_attribute_values(":one", n(1))
-                .expression_attribute_values(":now", n(now))
-                .expression_attribute_values(":ttl", n(expires_at))
-                .expression_attribute_values(":now_secs", n(now / 1000));
-            if fresh {
-                update
-                    .update_expression("SET n = :one, last_at = :now, #ttl = :ttl")
-                    .condition_expression("#ttl <= :now_secs")
-            } else {
-                update
-                    .update_expression("ADD n :one SET last_at = :now, #ttl = :ttl")
-                    .condition_expression("attribute_not_exists(#ttl) OR #ttl > :now_secs")
-            }
-        };
-        for fresh in [false, true] {
-            let update = update(fresh);
-            match self.send("UpdateItem", || update.clone().send()).await {
-                Ok(_) => return Ok(()),
-                Err(failure) => match failure.service_error("UpdateItem")? {
-                    UpdateItemError::ConditionalCheckFailedException(_) => continue,
-                    e => return Err(Error::dynamo("UpdateItem")(e)),
-                },
-            }
-        }
-        Ok(())
-    }
-
     /// Counts one more for `key` if it is below `max`: `Ok(false)` when it is full.
     /// The key should name its window, so that a full counter empties by expiring.
     pub async fn take(&self, key: &str, max: u64, expires_at: u64) -> Result<bool, Error> {
@@ -109,6 +49,119 @@ impl Store {
             Ok(_) => Ok(true),
             Err(failure) => match failure.service_error("UpdateItem")? {
                 UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
+                e => Err(Error::dynamo("UpdateItem")(e)),
+            },
+        }
+    }
+
+    /// Reserves one attempt on a run counter (failed logins in a row for one name),
+    /// atomically, before the attempt is checked: the first `free` attempts of a run go
+    /// ahead, later ones only once `next_at` has passed, and each attempt pushes `next_at`
+    /// to at least `hold_until`, so concurrent guesses can't slip through together.
+    /// A counter past its `expires_at` (TTL not yet applied) starts a new run.
+    pub async fn reserve(
+        &self,
+        key: &str,
+        free: u64,
+        hold_until: u64,
+        expires_at: u64,
+    ) -> Result<Reservation, Error> {
+        let now = now_millis();
+        let update = |fresh: bool| {
+            let update = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(PK, throttle_pk(key))
+                .key(SK, s(THROTTLE))
+                .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+                .expression_attribute_values(":one", n(1))
+                .expression_attribute_values(":now", n(now))
+                .expression_attribute_values(":hold", n(hold_until))
+                .expression_attribute_values(":ttl", n(expires_at))
+                .expression_attribute_values(":now_secs", n(now / 1000))
+                .return_values(ReturnValue::AllNew)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            if fresh {
+                update
+                    .update_expression("SET n = :one, last_at = :now, next_at = :hold, #ttl = :ttl")
+                    .condition_expression("#ttl <= :now_secs")
+            } else {
+                update
+                    .update_expression("ADD n :one SET last_at = :now, next_at = :hold, #ttl = :ttl")
+                    .condition_expression(
+                        "attribute_not_exists(n) OR (#ttl > :now_secs AND (n < :free OR next_at <= :now))",
+                    )
+                    .expression_attribute_values(":free", n(free))
+            }
+        };
+        for fresh in [false, true] {
+            let update = update(fresh);
+            match self.send("UpdateItem", || update.clone().send()).await {
+                Ok(out) => {
+                    let item = out.attributes.unwrap_or_default();
+                    return Ok(Reservation::Granted {
+                        attempts: get_n(&item, "n")?,
+                    });
+                }
+                Err(failure) => match failure.service_error("UpdateItem")? {
+                    UpdateItemError::ConditionalCheckFailedException(e) => {
+                        let old = e.item.unwrap_or_default();
+                        let expired = get_n(&old, TTL_ATTRIBUTE).is_ok_and(|t| t <= now / 1000);
+                        if !fresh && expired {
+                            continue;
+                        }
+                        return Ok(Reservation::Refused {
+                            until: get_n(&old, "next_at").unwrap_or(now),
+                        });
+                    }
+                    e => return Err(Error::dynamo("UpdateItem")(e)),
+                },
+            }
+        }
+        Ok(Reservation::Refused { until: now })
+    }
+
+    /// Holds the run counter `key` shut until `until` (milliseconds): the back-off after
+    /// a failed attempt.
+    pub async fn hold_until(&self, key: &str, until: u64) -> Result<(), Error> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, throttle_pk(key))
+            .key(SK, s(THROTTLE))
+            .update_expression("SET next_at = :until")
+            .condition_expression("attribute_exists(n)")
+            .expression_attribute_values(":until", n(until));
+        match self.send("UpdateItem", || update.clone().send()).await {
+            Ok(_) => Ok(()),
+            Err(failure) => match failure.service_error("UpdateItem")? {
+                UpdateItemError::ConditionalCheckFailedException(_) => Ok(()), // reset meanwhile
+                e => Err(Error::dynamo("UpdateItem")(e)),
+            },
+        }
+    }
+
+    /// Gives back one count taken with [`Store::take`] (an attempt that turned out not to
+    /// be a failure).
+    pub async fn give_back(&self, key: &str) -> Result<(), Error> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, throttle_pk(key))
+            .key(SK, s(THROTTLE))
+            .update_expression("ADD n :minus_one")
+            .condition_expression("n > :zero")
+            .expression_attribute_values(":minus_one", n(-1))
+            .expression_attribute_values(":zero", n(0));
+        match self.send("UpdateItem", || update.clone().send()).await {
+            Ok(_) => Ok(()),
+            Err(failure) => match failure.service_error("UpdateItem")? {
+                UpdateItemError::ConditionalCheckFailedException(_) => Ok(()),
                 e => Err(Error::dynamo("UpdateItem")(e)),
             },
         }
