@@ -132,6 +132,16 @@ def main():
         r.check("wrong method is 405", status == 405, (status, body))
         status, _, body = call(base, "POST", "/api/chat/", raw=b"{oops", token=token)
         r.check("malformed JSON is 400", status == 400 and body.get("code") == "malformed_json", body)
+
+        status, _, body = call(base, "POST", "/api/register/", raw=b"username=eve&password=pass1234",
+                               content_type="application/x-www-form-urlencoded")
+        r.check("a form-encoded register is 415", status == 415, (status, body))
+        status, _, body = call(base, "GET", "/api/sessions/", token=token)
+        r.check("sessions lists the login", status == 200 and len(body.get("sessions", [])) == 1, (status, body))
+        status, _, body = call(base, "POST", "/api/logout/", token=token)
+        r.check("logout 200", status == 200, (status, body))
+        status, _, body = call(base, "GET", "/api/tokens/", token=token)
+        r.check("a logged-out token is 401", status == 401 and body.get("code") == "invalid_token", (status, body))
     finally:
         if dev.poll() is None:
             os.killpg(dev.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends

@@ -93,9 +93,30 @@ pub async fn audit(store: &Store, user_key: &str) -> Result<Option<Books>, store
         return Ok(None);
     };
     let chats = store.chats(user_key).await?;
+    Ok(Some(books(&ledger, &chats)))
+}
+
+/// The books of a deleted account, from its tombstone and its anonymised charge records:
+/// what it was granted, spent and left unspent when it was deleted. `None` if there is no
+/// such tombstone.
+pub async fn audit_deleted(store: &Store, id: &str) -> Result<Option<Books>, store::Error> {
+    let Some(tomb) = store.tombstone(id).await? else {
+        return Ok(None);
+    };
+    let ledger = store::Ledger {
+        granted: tomb.granted,
+        balance: tomb.balance,
+        spent: tomb.spent,
+        open: Vec::new(),
+    };
+    let chats = store.deleted_chats(id).await?;
+    Ok(Some(books(&ledger, &chats)))
+}
+
+fn books(ledger: &store::Ledger, chats: &[store::ChatRecord]) -> Books {
     let completed = chats.iter().filter(|c| c.state == ChargeState::Completed);
     let open = |id: &str| ledger.open.iter().any(|c| c.id == id);
-    Ok(Some(Books {
+    Books {
         granted: ledger.granted,
         balance: ledger.balance,
         settled: ledger.spent,
@@ -112,5 +133,5 @@ pub async fn audit(store: &Store, user_key: &str) -> Result<Option<Books>, store
             .count(),
         open: ledger.open.iter().map(|c| c.cost).sum(),
         open_charges: ledger.open.len(),
-    }))
+    }
 }

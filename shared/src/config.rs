@@ -18,6 +18,13 @@ pub struct Config {
     pub chat_cost: u64,
     /// How long a login token stays valid (`TOKEN_TTL_DAYS`, default 30).
     pub token_ttl: Duration,
+    /// A session unused this long ends (`SESSION_IDLE_HOURS`, default 168: a week).
+    pub session_idle: Duration,
+    /// Sessions one user may hold (`MAX_SESSIONS`, default 20); a login beyond it ends
+    /// the expired ones, then the oldest.
+    pub max_sessions: usize,
+    /// Throttles against password guessing, account farming and chat floods.
+    pub limits: Limits,
     /// Longest chat message accepted, in characters (`MAX_MESSAGE_CHARS`, default 8000).
     pub max_message_chars: usize,
     /// When an open charge counts as abandoned and is refunded (`CHARGE_TIMEOUT_SECS`,
@@ -30,6 +37,82 @@ pub struct Config {
     /// How DynamoDB calls are timed and retried (`DYNAMODB_ATTEMPT_TIMEOUT_MS`, default
     /// 500; `DYNAMODB_RETRY_BUDGET_MS`, default 1200; `DYNAMODB_MAX_ATTEMPTS`, default 6).
     pub store_retry: RetryPolicy,
+}
+
+/// Throttle limits. Counters live in the table, so they hold across instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Failed logins in a row per username before back-off (`LOGIN_FREE_FAILURES`, 5).
+    pub login_free_failures: u64,
+    /// The first back-off, doubled with each further failure (`LOGIN_BACKOFF_SECS`, 30)
+    /// up to `LOGIN_BACKOFF_MAX_SECS` (3600).
+    pub login_backoff: Duration,
+    pub login_backoff_max: Duration,
+    /// Failed logins per client address per window (`LOGIN_IP_FAILURES`, 20, per
+    /// `LOGIN_IP_WINDOW_SECS`, 900).
+    pub login_ip_failures: u64,
+    pub login_ip_window: Duration,
+    /// Registrations per client address per window (`REGISTER_IP_LIMIT`, 10, per
+    /// `REGISTER_IP_WINDOW_SECS`, 3600).
+    pub register_ip_limit: u64,
+    pub register_ip_window: Duration,
+    /// Chats one user may have in flight (`CHATS_IN_FLIGHT`, 4).
+    pub chats_in_flight: u64,
+    /// Chats one user may start per minute (`CHATS_PER_MINUTE`, 20).
+    pub chats_per_minute: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            login_free_failures: 5,
+            login_backoff: Duration::from_secs(30),
+            login_backoff_max: Duration::from_secs(3600),
+            login_ip_failures: 20,
+            login_ip_window: Duration::from_secs(900),
+            register_ip_limit: 10,
+            register_ip_window: Duration::from_secs(3600),
+            chats_in_flight: 4,
+            chats_per_minute: 20,
+        }
+    }
+}
+
+impl Limits {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let secs = |var, default: Duration| -> Result<Duration, ConfigError> {
+            let v: u64 = parse_or(var, default.as_secs())?;
+            if v == 0 {
+                return Err(ConfigError {
+                    var,
+                    reason: "must be at least 1".into(),
+                });
+            }
+            Ok(Duration::from_secs(v))
+        };
+        let count = |var, default: u64| -> Result<u64, ConfigError> {
+            let v: u64 = parse_or(var, default)?;
+            if v == 0 {
+                return Err(ConfigError {
+                    var,
+                    reason: "must be at least 1".into(),
+                });
+            }
+            Ok(v)
+        };
+        Ok(Self {
+            login_free_failures: count("LOGIN_FREE_FAILURES", d.login_free_failures)?,
+            login_backoff: secs("LOGIN_BACKOFF_SECS", d.login_backoff)?,
+            login_backoff_max: secs("LOGIN_BACKOFF_MAX_SECS", d.login_backoff_max)?,
+            login_ip_failures: count("LOGIN_IP_FAILURES", d.login_ip_failures)?,
+            login_ip_window: secs("LOGIN_IP_WINDOW_SECS", d.login_ip_window)?,
+            register_ip_limit: count("REGISTER_IP_LIMIT", d.register_ip_limit)?,
+            register_ip_window: secs("REGISTER_IP_WINDOW_SECS", d.register_ip_window)?,
+            chats_in_flight: count("CHATS_IN_FLIGHT", d.chats_in_flight)?,
+            chats_per_minute: count("CHATS_PER_MINUTE", d.chats_per_minute)?,
+        })
+    }
 }
 
 /// Settings of the Gemini client, read only by the chat function.
@@ -94,6 +177,9 @@ impl Config {
             start_tokens: parse_or("START_TOKENS", 4000)?,
             chat_cost,
             token_ttl: days("TOKEN_TTL_DAYS", 30)?,
+            session_idle: hours("SESSION_IDLE_HOURS", 168)?,
+            max_sessions: parse_or("MAX_SESSIONS", 20)?,
+            limits: Limits::from_env()?,
             max_message_chars: parse_or("MAX_MESSAGE_CHARS", 8000)?,
             charge_timeout: Duration::from_secs(parse_or("CHARGE_TIMEOUT_SECS", 60u64)?),
             function_timeout: Duration::from_secs(parse_or("FUNCTION_TIMEOUT_SECS", 29u64)?),
@@ -118,6 +204,12 @@ impl Config {
                     "must exceed the function timeout ({} s), or live charges would be refunded",
                     self.function_timeout.as_secs()
                 ),
+            );
+        }
+        if self.session_idle.is_zero() || self.max_sessions == 0 {
+            return fail(
+                "SESSION_IDLE_HOURS",
+                "SESSION_IDLE_HOURS and MAX_SESSIONS must be at least 1".into(),
             );
         }
         let retry = &self.store_retry;
@@ -295,6 +387,18 @@ pub(crate) fn required(var: &'static str) -> Result<String, ConfigError> {
         var,
         reason: "is not set".into(),
     })
+}
+
+/// A count of hours, refused if it would overflow a duration in seconds.
+fn hours(var: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    let hours: u64 = parse_or(var, default)?;
+    match hours.checked_mul(3600) {
+        Some(secs) if hours > 0 && secs <= u64::from(u32::MAX) => Ok(Duration::from_secs(secs)),
+        _ => Err(ConfigError {
+            var,
+            reason: format!("must be between 1 and {} hours", u64::from(u32::MAX) / 3600),
+        }),
+    }
 }
 
 /// A count of days, refused if it would overflow a duration in seconds.

@@ -9,8 +9,8 @@ use lambda_http::http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    gemini,
-    service::{charges::ChargeError, chat::ChatError},
+    auth, gemini,
+    service::{accounts::AccountError, charges::ChargeError, chat::ChatError},
     store,
 };
 
@@ -25,7 +25,7 @@ pub enum ApiError {
         field: &'static str,
         message: String,
     },
-    #[error("Unsupported media type {0:?}; send application/json.")]
+    #[error("Send the body as application/json (Content-Type {0:?} is not accepted here).")]
     UnsupportedMediaType(String),
     #[error("The request body is larger than {limit} bytes.")]
     PayloadTooLarge { limit: usize },
@@ -44,6 +44,13 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("A user with that username already exists.")]
     UsernameTaken,
+    #[error("{}", .what.detail())]
+    Throttled {
+        what: Throttle,
+        retry_after: Duration,
+    },
+    #[error("Chats are still running on this account; try again when they have finished.")]
+    ChatsRunning,
     #[error("Not enough credits: a chat costs {cost} and you have {balance}.")]
     InsufficientCredits { balance: u64, cost: u64 },
     #[error("This Idempotency-Key was already used with a different message.")]
@@ -82,7 +89,8 @@ impl ApiError {
             NotAuthenticated | InvalidToken | TokenExpired | InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
-            UsernameTaken | IdempotencyInProgress => StatusCode::CONFLICT,
+            UsernameTaken | IdempotencyInProgress | ChatsRunning => StatusCode::CONFLICT,
+            Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             ContentBlocked { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -108,6 +116,8 @@ impl ApiError {
             TokenExpired => "token_expired",
             InvalidCredentials => "invalid_credentials",
             UsernameTaken => "username_taken",
+            Throttled { what, .. } => what.code(),
+            ChatsRunning => "chats_running",
             IdempotencyKeyReused => "idempotency_key_reused",
             IdempotencyInProgress => "idempotency_in_progress",
             InsufficientCredits { .. } => "insufficient_credits",
@@ -145,8 +155,12 @@ impl ApiError {
                 vec![("www-authenticate", "Token".into())]
             }
             Self::MethodNotAllowed { allowed, .. } => vec![("allow", (*allowed).into())],
-            Self::IdempotencyInProgress | Self::Unavailable(_) => {
+            Self::IdempotencyInProgress | Self::Unavailable(_) | Self::ChatsRunning => {
                 vec![("retry-after", "1".into())]
+            }
+            Self::Throttled { retry_after, .. } => {
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                vec![("retry-after", secs.max(1).to_string())]
             }
             Self::InsufficientCredits { balance, .. } => {
                 vec![("x-tokens-remaining", balance.to_string())]
@@ -157,6 +171,70 @@ impl ApiError {
             }
             _ => vec![],
         }
+    }
+}
+
+/// What a 429 throttles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// Failed logins, per username or per client address: one answer for both, so the
+    /// response never tells which (nor whether the name exists).
+    Login,
+    Register,
+    ChatsInFlight,
+    ChatRate,
+}
+
+impl Throttle {
+    fn detail(self) -> &'static str {
+        match self {
+            Self::Login => "Too many failed logins; wait as long as Retry-After says.",
+            Self::Register => {
+                "Too many registrations from this address; wait as long as Retry-After says."
+            }
+            Self::ChatsInFlight => {
+                "Too many chats at once; wait for one to finish. You were not charged."
+            }
+            Self::ChatRate => "Too many chats this minute; slow down. You were not charged.",
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Self::Login => "too_many_failed_logins",
+            Self::Register => "too_many_registrations",
+            Self::ChatsInFlight => "too_many_chats_in_flight",
+            Self::ChatRate => "chat_rate_exceeded",
+        }
+    }
+}
+
+impl From<auth::Error> for ApiError {
+    fn from(err: auth::Error) -> Self {
+        Self::internal(err)
+    }
+}
+
+/// Throttled login and register answers; which of the two is decided by the caller.
+pub(crate) fn account_error(err: AccountError, throttle: Throttle) -> ApiError {
+    match err {
+        AccountError::InvalidToken => ApiError::InvalidToken,
+        AccountError::TokenExpired => ApiError::TokenExpired,
+        AccountError::InvalidCredentials => ApiError::InvalidCredentials,
+        AccountError::Throttled { retry_after } => ApiError::Throttled {
+            what: throttle,
+            retry_after,
+        },
+        AccountError::UsernameTaken => ApiError::UsernameTaken,
+        AccountError::ChatsRunning => ApiError::ChatsRunning,
+        AccountError::Store(e) => e.into(),
+        AccountError::Internal(e) => e.into(),
+    }
+}
+
+impl From<AccountError> for ApiError {
+    fn from(err: AccountError) -> Self {
+        account_error(err, Throttle::Login)
     }
 }
 
@@ -219,6 +297,16 @@ impl From<ChatError> for ApiError {
                 Self::InsufficientCredits { balance, cost }
             }
             ChatError::NoAccount => Self::InvalidToken,
+            ChatError::SessionEnded { expired: false } => Self::InvalidToken,
+            ChatError::SessionEnded { expired: true } => Self::TokenExpired,
+            ChatError::TooManyInFlight => Self::Throttled {
+                what: Throttle::ChatsInFlight,
+                retry_after: Duration::from_secs(1),
+            },
+            ChatError::RateExceeded => Self::Throttled {
+                what: Throttle::ChatRate,
+                retry_after: Duration::from_secs(60 - crate::store::now_millis() / 1000 % 60),
+            },
             ChatError::KeyReused => Self::IdempotencyKeyReused,
             ChatError::InProgress => Self::IdempotencyInProgress,
             ChatError::Model(e) => e.into(),

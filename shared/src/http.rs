@@ -28,15 +28,59 @@ pub fn require_method(req: &Request, allowed: Method) -> Result<(), ApiError> {
     }
     Err(ApiError::MethodNotAllowed {
         method: req.method().to_string(),
-        allowed: if allowed == Method::GET {
-            "GET"
-        } else {
-            "POST"
+        allowed: match allowed {
+            Method::GET => "GET",
+            Method::DELETE => "DELETE",
+            _ => "POST",
         },
     })
 }
 
-/// The request body as a JSON object.
+/// The request body as a JSON object, for routes a web page could reach from a visitor's
+/// browser without the browser asking first: only `Content-Type: application/json` is
+/// accepted (415 otherwise). Browsers send that type cross-site only after a CORS
+/// preflight, which this API never grants; form posts and bodies without a type are
+/// refused, so no page can register or log in on its visitors' behalf.
+pub fn json_body(req: &Request) -> Result<Map<String, Value>, ApiError> {
+    let bytes: &[u8] = req.body().as_ref();
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    match media_type(req).as_deref() {
+        Some("application/json") => parse_json(bytes),
+        Some(other) => Err(ApiError::UnsupportedMediaType(other.to_owned())),
+        None => Err(ApiError::UnsupportedMediaType(String::new())),
+    }
+}
+
+/// The essence of `Content-Type`, lower-cased (`application/json` of
+/// `application/json; charset=utf-8`).
+fn media_type(req: &Request) -> Option<String> {
+    let value = req.headers().get(header::CONTENT_TYPE)?;
+    let value = value.to_str().unwrap_or("").to_ascii_lowercase();
+    Some(value.split(';').next().unwrap_or("").trim().to_owned())
+}
+
+/// The client's address as API Gateway saw it (`requestContext.identity.sourceIp`).
+pub fn client_ip(req: &Request) -> Option<String> {
+    use lambda_http::{RequestExt, request::RequestContext};
+    let ip = match req.request_context_ref()? {
+        RequestContext::ApiGatewayV1(ctx) => ctx.identity.source_ip.clone(),
+        RequestContext::ApiGatewayV2(ctx) => ctx.http.source_ip.clone(),
+        _ => None,
+    }?;
+    // An address, not free text: it becomes part of a key.
+    (!ip.is_empty()
+        && ip.len() <= 45
+        && ip
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':'))
+    .then_some(ip)
+}
+
+/// The request body as a JSON object, leniently (token-authenticated routes only).
 ///
 /// JSON is the API's language; a missing `Content-Type` is taken as JSON (API Gateway
 /// test events and many scripts send none). Form bodies are read too, as the original
@@ -148,6 +192,10 @@ pub fn json_text(status: StatusCode, text: String) -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     resp
 }
 

@@ -43,7 +43,7 @@ async fn every_sample_event_gets_its_documented_status() {
         let req = lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
         let resp = match entry["function"].as_str().unwrap() {
             "register" => api::register::handle(&chat_app.app, req).await.unwrap(),
-            "login" => api::login::handle(&chat_app.app, req).await.unwrap(),
+            "login" => api::sessions::route(&chat_app.app, req).await.unwrap(),
             "tokens" => api::tokens::handle(&chat_app.app, req).await.unwrap(),
             "chat" => chat_request(&chat_app, req).await,
             other => panic!("{file}: unknown function {other}"),

@@ -5,20 +5,23 @@
 use std::time::Duration;
 
 use shared::{
-    auth,
+    auth::{self, Token},
     domain::{Password, Username},
-    store::{Session, Store, now_millis},
+    store::{SessionEntry, Store, now_millis},
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub const DEMO_USER: &str = "demo";
 pub const DEMO_PASSWORD: &str = "demo-password";
-/// The token in `events/chat.json` and `events/tokens.json`.
-pub const DEMO_TOKEN: &str = "dededededededededededededededededededededededededededededededede";
+/// The token in `events/chat.json` and `events/tokens.json`: user `demo` (hex
+/// `64656d6f`), a fixed session id and secret.
+pub const DEMO_TOKEN: &str =
+    "64656d6f.d0d0d0d0d0d0d0d0.dededededededededededededededededededededededededededededededede";
 /// A user with less than one chat's worth of credits (`events/chat-not-enough-credits.json`).
 pub const BROKE_USER: &str = "broke";
-pub const BROKE_TOKEN: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+pub const BROKE_TOKEN: &str =
+    "62726f6b65.b0b0b0b0b0b0b0b0.b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
 pub const BROKE_TOKENS: u64 = 50;
 
 /// Creates the demo users and their sessions unless they exist. Safe to run again.
@@ -27,8 +30,20 @@ pub async fn seed(store: &Store, start_tokens: u64) -> Result<(), BoxError> {
     user_with_token(store, BROKE_USER, BROKE_TOKENS, BROKE_TOKEN).await
 }
 
-/// Creates `name` (password [`DEMO_PASSWORD`], `tokens` credits) if missing, and a
-/// session for `token` valid for a year if missing.
+/// Creates `name` (password [`DEMO_PASSWORD`], `tokens` credits) with a fresh session,
+/// and returns its token.
+pub async fn user_with_new_token(
+    store: &Store,
+    name: &str,
+    tokens: u64,
+) -> Result<String, BoxError> {
+    let token = Token::issue(&Username::parse(name)?.key())?.expose();
+    user_with_token(store, name, tokens, &token).await?;
+    Ok(token)
+}
+
+/// Creates `name` (password [`DEMO_PASSWORD`], `tokens` credits) if missing, and the
+/// session of `token` (which must name this user), valid for a year, if missing.
 pub async fn user_with_token(
     store: &Store,
     name: &str,
@@ -36,16 +51,50 @@ pub async fn user_with_token(
     token: &str,
 ) -> Result<(), BoxError> {
     let username = Username::parse(name)?;
+    let token = Token::parse(token).ok_or("not a token")?;
+    if token.user_key != username.key() {
+        return Err(format!("the token is not {name}'s").into());
+    }
     let hash = auth::hash_password(Password::parse(DEMO_PASSWORD)?).await?;
     store.create_user(&username, &hash, tokens).await?;
-    let digest = auth::token_digest(token);
-    if store.session(&digest).await?.is_none() {
-        let expires_at = Duration::from_millis(now_millis()) + Duration::from_secs(365 * 86_400);
-        let session = Session {
-            user_key: username.key(),
-            expires_at: expires_at.as_secs(),
+    let user = store.user(&username.key()).await?.ok_or("user vanished")?;
+    if user.session(&token.session_id).is_none() {
+        let now = now_millis();
+        let session = SessionEntry {
+            id: token.session_id.clone(),
+            digest: token.digest(),
+            created_at: now,
+            // Demo sessions never go idle in a year of replays.
+            last_used: now + Duration::from_secs(365 * 86_400).as_millis() as u64,
+            expires_at: now + Duration::from_secs(365 * 86_400).as_millis() as u64,
         };
-        store.put_session(&digest, &session).await?;
+        store.add_session(&user, &session, &[]).await?;
     }
     Ok(())
+}
+
+/// A debit guard for `token`'s session with no practical limits, for tests that hold
+/// charges directly through `Charges`.
+pub fn guard(token: &str) -> shared::store::DebitGuard {
+    let token = Token::parse(token).expect("a token");
+    let now = now_millis();
+    shared::store::DebitGuard {
+        session_id: token.session_id.clone(),
+        digest: token.digest(),
+        now,
+        idle_cutoff: 0,
+        max_in_flight: 1_000,
+        window: now / 60_000,
+        max_per_window: 1_000_000,
+        stale_windows: Vec::new(),
+    }
+}
+
+/// Waits, if needed, until at least `secs` seconds are left in the current clock minute:
+/// for tests of the per-minute chat limit, whose window is the clock minute.
+pub async fn wait_for_a_fresh_minute(secs: u64) {
+    let into = now_millis() % 60_000;
+    if into + secs * 1000 > 60_000 {
+        tokio::time::sleep(Duration::from_millis(60_000 - into + 50)).await;
+    }
 }

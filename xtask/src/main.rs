@@ -7,6 +7,8 @@
 //! balance (granted = balance + settled + open) on whatever DynamoDB the standard AWS
 //! environment points at (`AWS_ENDPOINT_URL_DYNAMODB` for DynamoDB Local). The table is
 //! `--table` or `TABLE_NAME`. Exits 0 when balanced, 1 when not, 2 on usage errors.
+//! `cargo xtask audit --deleted <id>` checks a deleted account's books instead (its
+//! tombstone `DELETED#<id>` and the anonymised charge records under it).
 
 use std::process::ExitCode;
 
@@ -14,7 +16,7 @@ use shared::{audit, domain::Username, store::Store};
 
 mod cold_start;
 
-const USAGE: &str = "usage: cargo xtask audit <username> [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...";
+const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -31,16 +33,26 @@ async fn main() -> ExitCode {
 
 async fn audit_command(args: &[String]) -> ExitCode {
     let (mut user, mut table) = (None, std::env::var("TABLE_NAME").ok());
+    let mut deleted = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--table" => table = args.next().cloned(),
+            "--deleted" if user.is_none() => deleted = args.next().cloned(),
             other if user.is_none() && !other.starts_with('-') => user = Some(other.to_owned()),
             _ => {
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);
             }
         }
+    }
+    if let (Some(id), Some(table)) = (&deleted, &table) {
+        let store = Store::connect(&shared::aws::config().await, table, Default::default());
+        return report(
+            &format!("deleted account {id}"),
+            &store,
+            audit::audit_deleted(&store, id).await,
+        );
     }
     let (Some(user), Some(table)) = (user, table) else {
         eprintln!("{USAGE}\n(the table comes from --table or TABLE_NAME)");
@@ -54,7 +66,15 @@ async fn audit_command(args: &[String]) -> ExitCode {
         }
     };
     let store = Store::connect(&shared::aws::config().await, table, Default::default());
-    match audit::audit(&store, &key).await {
+    report(&user, &store, audit::audit(&store, &key).await)
+}
+
+fn report(
+    user: &str,
+    store: &Store,
+    books: Result<Option<audit::Books>, shared::store::Error>,
+) -> ExitCode {
+    match books {
         Ok(Some(books)) => {
             println!("books of {user} in {}:\n{books}", store.table());
             if books.is_balanced() {

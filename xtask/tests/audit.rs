@@ -5,7 +5,6 @@ use std::process::Command;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use shared::{
-    auth,
     service::charges::{Answered, Charges},
     store::{ChatOutcome, OpenCharge, now_millis},
 };
@@ -25,9 +24,10 @@ fn audit(table: &str, user: &str) -> (i32, String) {
 async fn audit_reports_balanced_and_unbalanced_books() {
     let store = testkit::table::local_store("audit").await;
     let (client, table) = (store.client().clone(), store.table().to_owned());
-    demo::user_with_token(&store, "john", 4000, &auth::new_token().unwrap())
+    let token = demo::user_with_new_token(&store, "john", 4000)
         .await
         .unwrap();
+    let guard = demo::guard(&token);
 
     // One settled chat, one refunded, one still open.
     let charges = Charges::new(&store, std::time::Duration::from_secs(60));
@@ -39,7 +39,7 @@ async fn audit_reports_balanced_and_unbalanced_books() {
         opened_at: now_millis(),
     };
     for outcome in ["settle", "refund", "open"] {
-        let hold = charges.hold(charge(outcome)).await.unwrap();
+        let hold = charges.hold(charge(outcome), &guard).await.unwrap();
         match outcome {
             "settle" => {
                 let answer = Answered {
@@ -109,4 +109,46 @@ async fn audit_reports_balanced_and_unbalanced_books() {
 
     let (code, text) = audit(&table, "nobody");
     assert_eq!(code, 2, "{text}");
+}
+
+#[tokio::test]
+async fn audit_checks_a_deleted_accounts_books_by_its_tombstone() {
+    let store = testkit::table::local_store("audit").await;
+    let table = store.table().to_owned();
+    let token = demo::user_with_new_token(&store, "john", 4000)
+        .await
+        .unwrap();
+    let charges = Charges::new(&store, std::time::Duration::from_secs(60));
+    let charge = OpenCharge {
+        id: "01900000-0000-7000-8000-000000000001".to_owned(),
+        user_key: "john".to_owned(),
+        conversation_id: "c1".to_owned(),
+        cost: 100,
+        opened_at: now_millis(),
+    };
+    let hold = charges.hold(charge, &demo::guard(&token)).await.unwrap();
+    let answer = Answered {
+        message: "q",
+        response: "hi",
+        model: "m",
+        usage: Default::default(),
+        balance: hold.balance,
+    };
+    charges.settle(&hold, answer).await.unwrap();
+
+    // The store's deletion steps, as the account service runs them.
+    let (user, id) = store.mark_deleting("john", "tomb1").await.unwrap().unwrap();
+    store.retire_user(&user, &id).await.unwrap();
+    assert!(store.delete_user("john", &id).await.unwrap());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["audit", "--deleted", "tomb1", "--table", &table])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("balanced"), "{text}");
+    assert!(text.contains("3900"), "{text}");
+    let (code, text) = audit(&table, "john");
+    assert_eq!(code, 2, "the account itself is gone: {text}");
 }

@@ -173,3 +173,40 @@ async fn a_chat_killed_mid_answer_gets_its_credits_back() {
         "{refunded:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_over_the_rate_gets_429_and_the_balance_is_untouched() {
+    let setup = setup(4000).await;
+    let _functions = setup.functions(1, &[("CHATS_PER_MINUTE", "2".to_owned())]);
+    testkit::demo::wait_for_a_fresh_minute(10).await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let event = chat_event(&setup.token, &format!("question {i}"), None);
+        statuses.push(invoke(&setup.runtime, event).await.http());
+    }
+    let third = statuses.pop().unwrap();
+    assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
+    assert_eq!(third.0, 429, "{}", third.1);
+    assert_eq!(third.1["code"], "chat_rate_exceeded");
+    let books = setup.books().await;
+    assert_eq!(
+        (books.balance, books.completed_chats, books.open_charges),
+        (3800, 2, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_with_a_logged_out_token_gets_401_and_costs_nothing() {
+    let setup = setup(4000).await;
+    let _functions = setup.functions(1, &[]);
+    setup.store.end_sessions("john", None).await.unwrap();
+    let (status, body) = invoke(&setup.runtime, chat_event(&setup.token, "hello", None))
+        .await
+        .http();
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    assert_eq!(setup.standin.requests(), 0);
+    assert_eq!(setup.books().await.balance, 4000);
+}

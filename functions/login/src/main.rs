@@ -1,4 +1,5 @@
-//! The `login` function: see `shared::api::login`.
+//! The `login` function: login, logout, sessions, password and account deletion — the
+//! routes that touch sessions and password hashes. See `shared::api::sessions`.
 
 use lambda_http::{Error, run, service_fn};
 
@@ -6,5 +7,5 @@ use lambda_http::{Error, run, service_fn};
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let app = shared::App::from_env().await?;
-    run(service_fn(|req| shared::api::login::handle(&app, req))).await
+    run(service_fn(|req| shared::api::sessions::route(&app, req))).await
 }

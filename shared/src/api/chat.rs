@@ -38,13 +38,17 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
         app.config.max_message_chars,
     )?;
     let streamed = http::wants_event_stream(req);
-    let user_key = app.authenticate(token).await?;
+    // One read: the session checked, and the user item for the debit's guard. The debit
+    // checks the session again in its own write, so a logout racing this chat holds.
+    let authed = app.authenticate(token).await?;
+    let guard = app.accounts().debit_guard(&authed);
 
     let service = service(chat_app);
     let request = ChatRequest {
-        user_key,
+        user_key: authed.user_key,
         message,
         idempotency_key,
+        guard,
     };
     let turn = match service.begin(request).await? {
         Begun::Started(turn) => turn,

@@ -1,19 +1,21 @@
-//! The four endpoints. Each `handle` is what a function's `main` hands to the Lambda
+//! The endpoints. Each `handle` is what a function's `main` hands to the Lambda
 //! runtime: it never fails at the Lambda level, every outcome is an HTTP response.
 
 pub mod chat;
 pub mod login;
 pub mod register;
+pub mod sessions;
 pub mod tokens;
 
 use aws_config::SdkConfig;
 
 use crate::{
-    auth, aws,
+    aws,
     config::{self, Config, GeminiConfig, Secret},
     error::{ApiError, BoxError},
     gemini::GeminiClient,
-    store::{Store, now_millis},
+    service::accounts::{Accounts, Authed},
+    store::Store,
 };
 
 /// What every function builds once per cold start.
@@ -38,20 +40,14 @@ impl App {
         Ok(Self::new(config, store))
     }
 
-    /// The user a token (from [`http::auth_token`]) belongs to, as their store key.
-    pub(crate) async fn authenticate(&self, token: &str) -> Result<String, ApiError> {
-        if !auth::looks_like_token(token) {
-            return Err(ApiError::InvalidToken);
-        }
-        let session = self
-            .store
-            .session(&auth::token_digest(token))
-            .await?
-            .ok_or(ApiError::InvalidToken)?;
-        if session.is_expired(now_millis() / 1000) {
-            return Err(ApiError::TokenExpired);
-        }
-        Ok(session.user_key)
+    pub fn accounts(&self) -> Accounts<'_> {
+        Accounts::new(&self.store, &self.config)
+    }
+
+    /// The user and session a token (from [`http::auth_token`]) belongs to, with their
+    /// user item: one consistent read.
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Authed, ApiError> {
+        Ok(self.accounts().authenticate(token).await?)
     }
 }
 

@@ -7,8 +7,9 @@ use lambda_http::{
 use serde_json::json;
 
 use crate::{
-    ApiError, App, auth,
+    ApiError, App,
     domain::{Password, Username},
+    error::{Throttle, account_error},
     http,
 };
 
@@ -18,14 +19,15 @@ pub async fn handle(app: &App, req: Request) -> Result<Response<Body>, Error> {
 
 async fn register(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     http::require_method(req, Method::POST)?;
-    let body = http::json_object(req)?;
+    let body = http::json_body(req)?;
     let username = Username::parse(http::string_field(&body, "username")?)?;
     let password = Password::parse(http::string_field(&body, "password")?)?;
-    let hash = auth::hash_password(password).await?;
-    let tokens = app.config.start_tokens;
-    if !app.store.create_user(&username, &hash, tokens).await? {
-        return Err(ApiError::UsernameTaken);
-    }
+    let client = http::client_ip(req);
+    let tokens = app
+        .accounts()
+        .register(&username, password, client.as_deref())
+        .await
+        .map_err(|e| account_error(e, Throttle::Register))?;
     tracing::info!(user = %username.key(), tokens, "registered");
     Ok(http::json(
         StatusCode::CREATED,

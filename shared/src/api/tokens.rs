@@ -1,4 +1,5 @@
-//! `GET /api/tokens/` → `{"tokens": <balance>}`.
+//! `GET /api/tokens/` → `{"tokens": <balance>}`: one read of the user item, which both
+//! checks the token and holds the balance.
 
 use lambda_http::{
     Body, Error, Request, Response,
@@ -14,11 +15,10 @@ pub async fn handle(app: &App, req: Request) -> Result<Response<Body>, Error> {
 
 async fn tokens(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     http::require_method(req, Method::GET)?;
-    let user_key = app.authenticate(http::auth_token(req)?).await?;
+    let authed = app.authenticate(http::auth_token(req)?).await?;
     let balance = Charges::new(&app.store, app.config.charge_timeout)
-        .balance(&user_key)
-        .await?
-        .ok_or(ApiError::InvalidToken)?;
+        .balance(&authed.user)
+        .await?;
     Ok(http::with_balance(
         http::json(StatusCode::OK, &json!({ "tokens": balance })),
         balance,

@@ -22,7 +22,10 @@ use std::time::Duration;
 use crate::{
     domain::Usage,
     error::Chain,
-    store::{self, ChargeState, ChatOutcome, Close, Debit, OpenCharge, Store, now_millis},
+    store::{
+        self, ChargeState, ChatOutcome, Close, Debit, DebitGuard, OpenCharge, Store, UserItem,
+        now_millis,
+    },
 };
 
 /// Why an abandoned charge was refunded.
@@ -34,6 +37,13 @@ pub enum ChargeError {
     Insufficient { balance: u64, cost: u64 },
     #[error("no such account")]
     NoAccount,
+    /// The token's session ended (or never was): refused before any credit moved.
+    #[error("the session has ended")]
+    SessionEnded { expired: bool },
+    #[error("too many chats in flight")]
+    TooManyInFlight,
+    #[error("too many chats this minute")]
+    RateExceeded,
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -74,10 +84,12 @@ impl<'a> Charges<'a> {
 
     /// Takes the charge's cost. A debit refused for want of credits is tried once more
     /// if recovering the user's abandoned charges gave some back.
-    pub async fn hold(&self, charge: OpenCharge) -> Result<Hold, ChargeError> {
+    /// The same write checks the session and the limits in `guard`; a debit refused for
+    /// too many chats in flight is tried once more if some of them were abandoned.
+    pub async fn hold(&self, charge: OpenCharge, guard: &DebitGuard) -> Result<Hold, ChargeError> {
         let mut recovered = false;
         loop {
-            match self.store.debit(&charge).await? {
+            match self.store.debit(&charge, guard).await? {
                 Debit::Debited { balance, open } => {
                     let abandoned = self.abandoned(open);
                     return Ok(Hold {
@@ -100,6 +112,24 @@ impl<'a> Charges<'a> {
                     recovered = true;
                 }
                 Debit::NoAccount => return Err(ChargeError::NoAccount),
+                Debit::SessionEnded => return Err(ChargeError::SessionEnded { expired: false }),
+                Debit::SessionExpired => return Err(ChargeError::SessionEnded { expired: true }),
+                Debit::RateExceeded => return Err(ChargeError::RateExceeded),
+                Debit::TooManyInFlight { open } => {
+                    let back = match recovered {
+                        true => 0,
+                        false => {
+                            let abandoned = self.abandoned(open);
+                            let count = abandoned.len();
+                            self.recover(&abandoned).await;
+                            count
+                        }
+                    };
+                    if back == 0 {
+                        return Err(ChargeError::TooManyInFlight);
+                    }
+                    recovered = true;
+                }
             }
         }
     }
@@ -208,16 +238,13 @@ impl<'a> Charges<'a> {
         back
     }
 
-    /// The balance as the user should see it: credits of abandoned charges that were
-    /// never answered count as returned, though only the next chat writes that down.
-    /// One read, plus one more only while such charges exist.
-    pub async fn balance(&self, user_key: &str) -> Result<Option<u64>, store::Error> {
-        let Some(account) = self.store.account(user_key).await? else {
-            return Ok(None);
-        };
-        let abandoned = self.abandoned(account.open);
+    /// The balance as the user should see it, from a user item already read: credits of
+    /// abandoned charges that were never answered count as returned, though only the
+    /// next chat writes that down. No read, unless such charges exist.
+    pub async fn balance(&self, user: &UserItem) -> Result<u64, store::Error> {
+        let abandoned = self.abandoned(user.open.clone());
         if abandoned.is_empty() {
-            return Ok(Some(account.balance));
+            return Ok(user.balance);
         }
         let states = self.store.chat_states(&abandoned).await?;
         let returning: u64 = abandoned
@@ -225,7 +252,7 @@ impl<'a> Charges<'a> {
             .filter(|c| states.get(&c.id) != Some(&ChargeState::Completed))
             .map(|c| c.cost)
             .sum();
-        Ok(Some(account.balance + returning))
+        Ok(user.balance + returning)
     }
 
     fn abandoned(&self, open: Vec<OpenCharge>) -> Vec<OpenCharge> {

@@ -16,7 +16,7 @@ use crate::{
     domain::{ChatMessage, Usage},
     error::Chain,
     gemini::{self, GeminiClient, Prompt},
-    store::{self, ChargeState, Claim, KeyOwner, OpenCharge, Store, now_millis},
+    store::{self, ChargeState, Claim, DebitGuard, KeyOwner, OpenCharge, Store, now_millis},
 };
 
 /// What a chat turn produced. This is what an idempotency record keeps and replays.
@@ -49,6 +49,12 @@ pub enum ChatError {
     Insufficient { balance: u64, cost: u64 },
     #[error("the account no longer exists")]
     NoAccount,
+    #[error("the session has ended")]
+    SessionEnded { expired: bool },
+    #[error("too many chats in flight")]
+    TooManyInFlight,
+    #[error("too many chats this minute")]
+    RateExceeded,
     #[error("the idempotency key was first used for another request")]
     KeyReused,
     #[error("a request with this idempotency key is still running")]
@@ -65,6 +71,9 @@ impl From<ChargeError> for ChatError {
         match err {
             ChargeError::Insufficient { balance, cost } => Self::Insufficient { balance, cost },
             ChargeError::NoAccount => Self::NoAccount,
+            ChargeError::SessionEnded { expired } => Self::SessionEnded { expired },
+            ChargeError::TooManyInFlight => Self::TooManyInFlight,
+            ChargeError::RateExceeded => Self::RateExceeded,
             ChargeError::Store(e) => Self::Store(e),
         }
     }
@@ -102,6 +111,8 @@ pub struct ChatRequest {
     pub user_key: String,
     pub message: ChatMessage,
     pub idempotency_key: Option<String>,
+    /// The session and limits the debit checks in the same write.
+    pub guard: DebitGuard,
 }
 
 /// How a turn begins: afresh, or with the stored outcome of an earlier request with the
@@ -160,7 +171,7 @@ impl<'a> ChatService<'a> {
             }
         };
         let user = charge.user_key.clone();
-        match self.charges().hold(charge).await {
+        match self.charges().hold(charge, &req.guard).await {
             Ok(hold) => Ok(Begun::Started(Turn {
                 hold,
                 message: req.message,

@@ -1,5 +1,6 @@
 //! The rules: what a chat costs and how its charge ends, with no HTTP in them. The
 //! handlers in `api` call these and render what they return.
 
+pub mod accounts;
 pub mod charges;
 pub mod chat;

@@ -68,8 +68,35 @@ pub enum Debit {
     Debited { balance: u64, open: Vec<OpenCharge> },
     /// The balance is below the cost; nothing changed.
     Insufficient { balance: u64, open: Vec<OpenCharge> },
-    /// No such user.
+    /// No such user, or the account is being deleted.
     NoAccount,
+    /// The session is gone or its secret does not match.
+    SessionEnded,
+    /// The session outlived its absolute or idle limit.
+    SessionExpired,
+    /// The user has `guard.max_in_flight` charges open already.
+    TooManyInFlight { open: Vec<OpenCharge> },
+    /// The user started `guard.max_per_window` chats this window already.
+    RateExceeded,
+}
+
+/// What a debit checks besides the balance, in the same write: the session of the token
+/// (so the chat needs no separate authentication for its charge to be safe), the chats in
+/// flight and the chats per minute. Times in milliseconds.
+#[derive(Debug, Clone)]
+pub struct DebitGuard {
+    pub session_id: String,
+    /// SHA-256 of the token's secret.
+    pub digest: String,
+    pub now: u64,
+    /// The session must have been used after this.
+    pub idle_cutoff: u64,
+    pub max_in_flight: u64,
+    /// The current per-minute window and how many chats it allows.
+    pub window: u64,
+    pub max_per_window: u64,
+    /// Windows of the `chat_rate` map that are over, to drop in the same write.
+    pub stale_windows: Vec<u64>,
 }
 
 /// The user's open charges, from the `pending` map of a user item.
@@ -169,27 +196,54 @@ pub enum Close {
 impl Store {
     /// Takes `charge.cost` credits if the balance covers them, recording the charge as
     /// pending in the same write.
-    pub async fn debit(&self, charge: &OpenCharge) -> Result<Debit, Error> {
+    pub async fn debit(&self, charge: &OpenCharge, guard: &DebitGuard) -> Result<Debit, Error> {
         let entry = AttributeValue::M(HashMap::from([
             ("cost".to_owned(), n(charge.cost)),
             ("opened_at".to_owned(), n(charge.opened_at)),
             ("conversation".to_owned(), s(&charge.conversation_id)),
         ]));
-        let update = self
+        let mut expression = "SET tokens = tokens - :cost, pending.#charge = :entry, \
+             sessions.#sid.last_used = :now, \
+             chat_rate.#w = if_not_exists(chat_rate.#w, :zero) + :one"
+            .to_owned();
+        let mut update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key(PK, user_pk(&charge.user_key))
-            .key(SK, s(PROFILE))
-            .update_expression("SET tokens = tokens - :cost, pending.#charge = :entry")
+            .key(SK, s(PROFILE));
+        if !guard.stale_windows.is_empty() {
+            let mut paths = Vec::new();
+            for (i, w) in guard.stale_windows.iter().enumerate() {
+                update = update.expression_attribute_names(format!("#old{i}"), w.to_string());
+                paths.push(format!("chat_rate.#old{i}"));
+            }
+            expression.push_str(&format!(" REMOVE {}", paths.join(", ")));
+        }
+        let update = update
+            .update_expression(expression)
             // `attribute_not_exists(pending.#charge)`: a retry of a debit that landed
             // must not take the cost twice (it fails here and finds its own entry).
             .condition_expression(
-                "attribute_exists(pk) AND tokens >= :cost AND attribute_not_exists(pending.#charge)",
+                "attribute_exists(pk) AND attribute_not_exists(deleting) \
+                 AND tokens >= :cost AND attribute_not_exists(pending.#charge) \
+                 AND sessions.#sid.digest = :digest AND sessions.#sid.expires_at > :now \
+                 AND sessions.#sid.last_used > :idle \
+                 AND size(pending) < :in_flight \
+                 AND (attribute_not_exists(chat_rate.#w) OR chat_rate.#w < :per_window)",
             )
             .expression_attribute_names("#charge", &charge.id)
+            .expression_attribute_names("#sid", &guard.session_id)
+            .expression_attribute_names("#w", guard.window.to_string())
             .expression_attribute_values(":cost", n(charge.cost))
             .expression_attribute_values(":entry", entry)
+            .expression_attribute_values(":digest", s(&guard.digest))
+            .expression_attribute_values(":now", n(guard.now))
+            .expression_attribute_values(":idle", n(guard.idle_cutoff))
+            .expression_attribute_values(":in_flight", n(guard.max_in_flight))
+            .expression_attribute_values(":per_window", n(guard.max_per_window))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         let user = &charge.user_key;
@@ -207,10 +261,7 @@ impl Store {
                 UpdateItemError::ConditionalCheckFailedException(e) => match e.item {
                     None => Ok(Debit::NoAccount),
                     Some(item) if has_pending(&item, &charge.id) => debited(&item),
-                    Some(item) => Ok(Debit::Insufficient {
-                        balance: get_n(&item, "tokens")?,
-                        open: open_charges(user, &item)?,
-                    }),
+                    Some(item) => refusal(user, &item, guard, charge.cost),
                 },
                 e => Err(Error::dynamo("UpdateItem")(e)),
             },
@@ -353,6 +404,15 @@ impl Store {
 
     /// The user's chats, oldest conversation first.
     pub async fn chats(&self, user_key: &str) -> Result<Vec<ChatRecord>, Error> {
+        self.chats_under(user_pk(user_key)).await
+    }
+
+    /// The anonymised chats of the deleted account `id`.
+    pub async fn deleted_chats(&self, id: &str) -> Result<Vec<ChatRecord>, Error> {
+        self.chats_under(super::users::deleted_pk(id)).await
+    }
+
+    async fn chats_under(&self, pk: AttributeValue) -> Result<Vec<ChatRecord>, Error> {
         let mut records = Vec::new();
         let mut start: Option<Item> = None;
         loop {
@@ -361,7 +421,7 @@ impl Store {
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk AND begins_with(sk, :chat)")
-                .expression_attribute_values(":pk", user_pk(user_key))
+                .expression_attribute_values(":pk", pk.clone())
                 .expression_attribute_values(":chat", s(CHAT_PREFIX))
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take());
@@ -378,6 +438,50 @@ impl Store {
             }
         }
     }
+}
+
+/// Which part of a debit's condition failed, from the item as it was.
+fn refusal(user: &str, item: &Item, guard: &DebitGuard, cost: u64) -> Result<Debit, Error> {
+    if item.contains_key("deleting") {
+        return Ok(Debit::NoAccount);
+    }
+    let session = match item.get("sessions") {
+        Some(AttributeValue::M(sessions)) => match sessions.get(&guard.session_id) {
+            Some(AttributeValue::M(session)) => Some(session),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(session) = session.filter(|s| get_s(s, "digest").ok() == Some(guard.digest.clone()))
+    else {
+        return Ok(Debit::SessionEnded);
+    };
+    if get_n(session, "expires_at")? <= guard.now
+        || get_n(session, "last_used")? <= guard.idle_cutoff
+    {
+        return Ok(Debit::SessionExpired);
+    }
+    let open = open_charges(user, item)?;
+    if open.len() as u64 >= guard.max_in_flight {
+        return Ok(Debit::TooManyInFlight { open });
+    }
+    let in_window = match item.get("chat_rate") {
+        Some(AttributeValue::M(rate)) => match rate.get(&guard.window.to_string()) {
+            Some(AttributeValue::N(count)) => count.parse().unwrap_or(u64::MAX),
+            _ => 0,
+        },
+        _ => 0,
+    };
+    if in_window >= guard.max_per_window {
+        return Ok(Debit::RateExceeded);
+    }
+    let balance = get_n(item, "tokens")?;
+    if balance < cost {
+        return Ok(Debit::Insufficient { balance, open });
+    }
+    Err(Error::Corrupt(
+        "a debit's condition failed for no reason the item shows".into(),
+    ))
 }
 
 fn has_pending(item: &Item, charge_id: &str) -> bool {

@@ -3,15 +3,15 @@
 //!
 //! | item    | pk                  | sk             | attributes |
 //! |---------|---------------------|----------------|------------|
-//! | user    | `USER#<name key>`   | `PROFILE`      | username, password_hash, tokens, granted, spent, pending (map of open charges), created_at |
-//! | session | `SESSION#<sha256>`  | `SESSION`      | user_key, expires_at (TTL), created_at |
+//! | user    | `USER#<name key>`   | `PROFILE`      | username, password_hash, tokens, granted, spent, pending (map of open charges), sessions (map: id → digest, created_at, last_used, expires_at), chat_rate (map: minute → chats started), created_at |
+//! | throttle | `THROTTLE#<kind>#<subject>[#<window>]` | `THROTTLE` | n, last_at, next_at (run counters), expires_at (TTL) |
 //! | chat    | `USER#<name key>`   | `CHAT#<conversation>#<charge uuidv7>`| conversation_id, message, response, model, cost, state, usage, balance, reason, created_at, settled_at |
 //! | idempotency | `USER#<name key>` | `IDEM#<client key>` | state, fingerprint, owner (charge id), conversation, started_at, outcome, expires_at (TTL) |
 
 mod credits;
 mod idempotency;
 mod retry;
-mod sessions;
+mod throttle;
 mod users;
 
 use std::{
@@ -22,12 +22,11 @@ use std::{
 use aws_config::{SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_dynamodb::{Client, types::AttributeValue};
 
-pub use credits::{ChargeState, ChatOutcome, ChatRecord, Close, Debit, OpenCharge};
+pub use credits::{ChargeState, ChatOutcome, ChatRecord, Close, Debit, DebitGuard, OpenCharge};
 pub use idempotency::{Claim, KeyOwner};
 pub use retry::RetryPolicy;
-pub use sessions::Session;
-pub use users::UserCredentials;
-pub use users::{Account, Ledger};
+pub use throttle::Reservation;
+pub use users::{Ledger, SessionEntry, Tombstone, UserItem};
 
 use crate::error::BoxError;
 

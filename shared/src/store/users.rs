@@ -1,13 +1,15 @@
-//! User items: one per account, holding the password hash and the credit balance.
+//! User items: one per account, holding the password hash, the credit balance, the
+//! open charges and the login sessions. A token names its user and session, so finding
+//! and checking a session is one consistent read of this item.
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::{
-    operation::put_item::PutItemError,
+    operation::{put_item::PutItemError, update_item::UpdateItemError},
     types::{AttributeValue, ReturnValuesOnConditionCheckFailure},
 };
 
-use super::{Error, PK, SK, Store, get_n, get_s, n, now_millis, s, user_pk};
+use super::{Error, Item, PK, SK, Store, get_n, get_opt_s, get_s, n, now_millis, s, user_pk};
 use crate::domain::Username;
 
 pub(crate) const PROFILE: &str = "PROFILE";
@@ -23,16 +25,99 @@ pub struct Ledger {
     pub open: Vec<super::OpenCharge>,
 }
 
-/// The balance and the charges still holding credits.
-#[derive(Debug)]
-pub struct Account {
-    pub balance: u64,
-    pub open: Vec<super::OpenCharge>,
+/// One login session, as kept in the user item's `sessions` map. Times in milliseconds
+/// since the Unix epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEntry {
+    pub id: String,
+    /// SHA-256 of the token's secret.
+    pub digest: String,
+    pub created_at: u64,
+    pub last_used: u64,
+    /// The absolute end, whatever the use.
+    pub expires_at: u64,
 }
 
-#[derive(Debug)]
-pub struct UserCredentials {
+impl SessionEntry {
+    fn value(&self) -> AttributeValue {
+        AttributeValue::M(HashMap::from([
+            ("digest".to_owned(), s(&self.digest)),
+            ("created_at".to_owned(), n(self.created_at)),
+            ("last_used".to_owned(), n(self.last_used)),
+            ("expires_at".to_owned(), n(self.expires_at)),
+        ]))
+    }
+}
+
+/// A whole user item, read once.
+#[derive(Debug, Clone)]
+pub struct UserItem {
+    pub user_key: String,
+    pub username: String,
     pub password_hash: String,
+    pub balance: u64,
+    pub granted: u64,
+    pub spent: u64,
+    pub open: Vec<super::OpenCharge>,
+    /// Sessions, oldest first.
+    pub sessions: Vec<SessionEntry>,
+    /// Whether the item has a `sessions` map at all (accounts made before sessions
+    /// moved into the user item have none).
+    pub has_sessions_map: bool,
+    /// Chats started per minute window: (window, count).
+    pub chat_windows: Vec<(u64, u64)>,
+    pub created_at: u64,
+}
+
+impl UserItem {
+    pub fn session(&self, id: &str) -> Option<&SessionEntry> {
+        self.sessions.iter().find(|s| s.id == id)
+    }
+}
+
+fn user_item(user_key: &str, item: &Item) -> Result<UserItem, Error> {
+    let mut sessions = match item.get("sessions") {
+        Some(AttributeValue::M(map)) => map
+            .iter()
+            .map(|(id, entry)| {
+                let AttributeValue::M(entry) = entry else {
+                    return Err(Error::Corrupt(format!("session {id} is not a map")));
+                };
+                Ok(SessionEntry {
+                    id: id.clone(),
+                    digest: get_s(entry, "digest")?,
+                    created_at: get_n(entry, "created_at")?,
+                    last_used: get_n(entry, "last_used")?,
+                    expires_at: get_n(entry, "expires_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => Vec::new(),
+    };
+    sessions.sort_by_key(|s| (s.created_at, s.id.clone()));
+    let chat_windows = match item.get("chat_rate") {
+        Some(AttributeValue::M(map)) => map
+            .iter()
+            .filter_map(|(w, c)| match c {
+                AttributeValue::N(c) => Some((w.parse().ok()?, c.parse().ok()?)),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(UserItem {
+        user_key: user_key.to_owned(),
+        username: get_opt_s(item, "username").unwrap_or_else(|| user_key.to_owned()),
+        password_hash: get_s(item, "password_hash")?,
+        balance: get_n(item, "tokens")?,
+        granted: get_n(item, "granted")?,
+        spent: get_n(item, "spent")?,
+        open: super::credits::open_charges(user_key, item)?,
+        has_sessions_map: matches!(item.get("sessions"), Some(AttributeValue::M(_))),
+        sessions,
+        chat_windows,
+        created_at: get_n(item, "created_at").unwrap_or(0),
+    })
 }
 
 impl Store {
@@ -56,6 +141,8 @@ impl Store {
             .item("granted", n(tokens))
             .item("spent", n(0))
             .item("pending", AttributeValue::M(HashMap::new()))
+            .item("sessions", AttributeValue::M(HashMap::new()))
+            .item("chat_rate", AttributeValue::M(HashMap::new()))
             .item("created_at", n(now_millis()))
             .condition_expression("attribute_not_exists(pk)")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
@@ -71,60 +158,315 @@ impl Store {
         }
     }
 
-    /// What login needs to check a password.
-    pub async fn user_credentials(&self, user_key: &str) -> Result<Option<UserCredentials>, Error> {
-        let Some(item) = self.get_user(user_key, "password_hash").await? else {
-            return Ok(None);
-        };
-        Ok(Some(UserCredentials {
-            password_hash: get_s(&item, "password_hash")?,
-        }))
-    }
-
-    /// The current credit balance and the open charges.
-    pub async fn account(&self, user_key: &str) -> Result<Option<Account>, Error> {
-        let Some(item) = self.get_user(user_key, "tokens, pending").await? else {
-            return Ok(None);
-        };
-        Ok(Some(Account {
-            balance: get_n(&item, "tokens")?,
-            open: super::credits::open_charges(user_key, &item)?,
-        }))
-    }
-
-    /// Credits granted, the balance and the open charges, read in one consistent read.
-    pub async fn ledger(&self, user_key: &str) -> Result<Option<Ledger>, Error> {
-        let Some(item) = self
-            .get_user(user_key, "granted, tokens, spent, pending")
-            .await?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(Ledger {
-            granted: get_n(&item, "granted")?,
-            balance: get_n(&item, "tokens")?,
-            spent: get_n(&item, "spent")?,
-            open: super::credits::open_charges(user_key, &item)?,
-        }))
-    }
-
-    async fn get_user(
-        &self,
-        user_key: &str,
-        projection: &str,
-    ) -> Result<Option<super::Item>, Error> {
+    /// The whole user item, in one consistent read: what authentication, the balance
+    /// and login need.
+    pub async fn user(&self, user_key: &str) -> Result<Option<UserItem>, Error> {
         let get = self
             .client
             .get_item()
             .table_name(&self.table)
             .key(PK, user_pk(user_key))
             .key(SK, s(PROFILE))
-            .projection_expression(projection)
+            // A token must work the moment login returns it.
             .consistent_read(true);
         let out = self
             .send("GetItem", || get.clone().send())
             .await
             .map_err(|f| f.into_error("GetItem"))?;
-        Ok(out.item)
+        out.item.map(|item| user_item(user_key, &item)).transpose()
+    }
+
+    /// Adds `session` to the user's sessions and ends those in `evict`. `Ok(false)`: no
+    /// such user. Plain `SET`s and `REMOVE`s, so a retry whose first attempt landed
+    /// changes nothing.
+    pub async fn add_session(
+        &self,
+        user: &UserItem,
+        session: &SessionEntry,
+        evict: &[&str],
+    ) -> Result<bool, Error> {
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, user_pk(&user.user_key))
+            .key(SK, s(PROFILE))
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":empty", AttributeValue::M(HashMap::new()));
+        let mut set = "chat_rate = if_not_exists(chat_rate, :empty)".to_owned();
+        if user.has_sessions_map {
+            set.push_str(", sessions.#new = :session");
+            update = update
+                .expression_attribute_names("#new", &session.id)
+                .expression_attribute_values(":session", session.value());
+        } else {
+            set.push_str(", sessions = :sessions");
+            update = update.expression_attribute_values(
+                ":sessions",
+                AttributeValue::M(HashMap::from([(session.id.clone(), session.value())])),
+            );
+        }
+        let mut expression = format!("SET {set}");
+        if user.has_sessions_map && !evict.is_empty() {
+            let names: Vec<String> = (0..evict.len()).map(|i| format!("#e{i}")).collect();
+            for (name, id) in names.iter().zip(evict) {
+                update = update.expression_attribute_names(name, *id);
+            }
+            let paths: Vec<String> = names.iter().map(|n| format!("sessions.{n}")).collect();
+            expression.push_str(&format!(" REMOVE {}", paths.join(", ")));
+        }
+        let update = update.update_expression(expression);
+        conditional(self.send("UpdateItem", || update.clone().send()).await)
+    }
+
+    /// Ends the sessions `ids` of `user_key` (all of them if `ids` is `None`).
+    /// `Ok(false)`: no such user.
+    pub async fn end_sessions(&self, user_key: &str, ids: Option<&[&str]>) -> Result<bool, Error> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, user_pk(user_key))
+            .key(SK, s(PROFILE))
+            .condition_expression("attribute_exists(pk)");
+        let update = match ids {
+            None => update
+                .update_expression("SET sessions = :empty")
+                .expression_attribute_values(":empty", AttributeValue::M(HashMap::new())),
+            Some([]) => return Ok(true),
+            Some(ids) => {
+                let mut update = update;
+                let mut paths = Vec::new();
+                for (i, id) in ids.iter().enumerate() {
+                    update = update.expression_attribute_names(format!("#s{i}"), *id);
+                    paths.push(format!("sessions.#s{i}"));
+                }
+                update.update_expression(format!("REMOVE {}", paths.join(", ")))
+            }
+        };
+        conditional(self.send("UpdateItem", || update.clone().send()).await)
+    }
+
+    /// Replaces the password hash if it is still `old_hash`, keeping only the session
+    /// `keep`. `Ok(false)`: the password changed meanwhile (or the user is gone). A retry
+    /// whose first attempt landed finds its own new hash and counts as done.
+    pub async fn change_password(
+        &self,
+        user_key: &str,
+        old_hash: &str,
+        new_hash: &str,
+        keep: &SessionEntry,
+    ) -> Result<bool, Error> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, user_pk(user_key))
+            .key(SK, s(PROFILE))
+            .update_expression("SET password_hash = :new, sessions = :sessions")
+            .condition_expression("password_hash = :old OR password_hash = :new")
+            .expression_attribute_values(":old", s(old_hash))
+            .expression_attribute_values(":new", s(new_hash))
+            .expression_attribute_values(
+                ":sessions",
+                AttributeValue::M(HashMap::from([(keep.id.clone(), keep.value())])),
+            );
+        conditional(self.send("UpdateItem", || update.clone().send()).await)
+    }
+
+    /// Credits granted, the balance and the open charges, read in one consistent read.
+    pub async fn ledger(&self, user_key: &str) -> Result<Option<Ledger>, Error> {
+        Ok(self.user(user_key).await?.map(|user| Ledger {
+            granted: user.granted,
+            balance: user.balance,
+            spent: user.spent,
+            open: user.open,
+        }))
+    }
+}
+
+/// `Ok(true)` for a write that landed, `Ok(false)` for a failed condition.
+fn conditional<T>(
+    result: Result<T, super::retry::Failure<UpdateItemError>>,
+) -> Result<bool, Error> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(failure) => match failure.service_error("UpdateItem")? {
+            UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
+            e => Err(Error::dynamo("UpdateItem")(e)),
+        },
+    }
+}
+
+/// The books of a deleted account, kept under `DELETED#<id>` with its anonymised chats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    pub id: String,
+    pub granted: u64,
+    /// Credits left unspent when the account was deleted.
+    pub balance: u64,
+    pub spent: u64,
+    /// Milliseconds since the Unix epoch.
+    pub deleted_at: u64,
+}
+
+const TOMBSTONE: &str = "ACCOUNT";
+
+pub(crate) fn deleted_pk(id: &str) -> AttributeValue {
+    s(format!("DELETED#{id}"))
+}
+
+/// Attributes of a chat item that hold what the user wrote or was told.
+const CHAT_TEXT: [&str; 2] = ["message", "response"];
+
+impl Store {
+    /// Marks the user item as being deleted, unless a charge is open: from then on no
+    /// debit lands (the debit's condition). Returns the item with the deletion's id, the
+    /// one already there if an earlier attempt set it. `Ok(None)`: no such user, or a
+    /// charge is open (the returned item says which).
+    pub async fn mark_deleting(
+        &self,
+        user_key: &str,
+        id: &str,
+    ) -> Result<Result<(UserItem, String), Option<UserItem>>, Error> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, user_pk(user_key))
+            .key(SK, s(PROFILE))
+            .update_expression("SET deleting = if_not_exists(deleting, :id)")
+            .condition_expression("attribute_exists(pk) AND size(pending) = :zero")
+            .expression_attribute_values(":id", s(id))
+            .expression_attribute_values(":zero", n(0))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        match self.send("UpdateItem", || update.clone().send()).await {
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                let id = get_s(&item, "deleting")?;
+                Ok(Ok((user_item(user_key, &item)?, id)))
+            }
+            Err(failure) => match failure.service_error("UpdateItem")? {
+                UpdateItemError::ConditionalCheckFailedException(e) => Ok(Err(e
+                    .item
+                    .map(|item| user_item(user_key, &item))
+                    .transpose()?)),
+                e => Err(Error::dynamo("UpdateItem")(e)),
+            },
+        }
+    }
+
+    /// Moves the user's chats under `DELETED#<id>` without their text, deletes every
+    /// other item of the user but the user item itself, and writes the tombstone. Each
+    /// step is a plain put or delete, so running it again after a failure finishes it.
+    pub async fn retire_user(&self, user: &UserItem, id: &str) -> Result<(), Error> {
+        let mut start: Option<Item> = None;
+        loop {
+            let query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", user_pk(&user.user_key))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            let out = self
+                .send("Query", || query.clone().send())
+                .await
+                .map_err(|f| f.into_error("Query"))?;
+            for item in out.items.unwrap_or_default() {
+                let sk = get_s(&item, SK)?;
+                if sk == PROFILE {
+                    continue;
+                }
+                if sk.starts_with("CHAT#") {
+                    let mut copy = item.clone();
+                    copy.insert(PK.to_owned(), deleted_pk(id));
+                    for attr in CHAT_TEXT {
+                        copy.remove(attr);
+                    }
+                    let put = self
+                        .client
+                        .put_item()
+                        .table_name(&self.table)
+                        .set_item(Some(copy));
+                    self.send("PutItem", || put.clone().send())
+                        .await
+                        .map_err(|f| f.into_error("PutItem"))?;
+                }
+                let delete = self
+                    .client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .key(PK, user_pk(&user.user_key))
+                    .key(SK, s(sk));
+                self.send("DeleteItem", || delete.clone().send())
+                    .await
+                    .map_err(|f| f.into_error("DeleteItem"))?;
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item(PK, deleted_pk(id))
+            .item(SK, s(TOMBSTONE))
+            .item("granted", n(user.granted))
+            .item("tokens", n(user.balance))
+            .item("spent", n(user.spent))
+            .item("deleted_at", n(now_millis()));
+        self.send("PutItem", || put.clone().send())
+            .await
+            .map_err(|f| f.into_error("PutItem"))?;
+        Ok(())
+    }
+
+    /// Deletes the user item marked for deletion `id`. `Ok(false)`: it is gone already.
+    pub async fn delete_user(&self, user_key: &str, id: &str) -> Result<bool, Error> {
+        let delete = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(PK, user_pk(user_key))
+            .key(SK, s(PROFILE))
+            .condition_expression("deleting = :id")
+            .expression_attribute_values(":id", s(id));
+        match self.send("DeleteItem", || delete.clone().send()).await {
+            Ok(_) => Ok(true),
+            Err(failure) => match failure.service_error("DeleteItem")? {
+                aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(_) => Ok(false),
+                e => Err(Error::dynamo("DeleteItem")(e)),
+            },
+        }
+    }
+
+    /// The books of a deleted account.
+    pub async fn tombstone(&self, id: &str) -> Result<Option<Tombstone>, Error> {
+        let get = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, deleted_pk(id))
+            .key(SK, s(TOMBSTONE))
+            .consistent_read(true);
+        let out = self
+            .send("GetItem", || get.clone().send())
+            .await
+            .map_err(|f| f.into_error("GetItem"))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        Ok(Some(Tombstone {
+            id: id.to_owned(),
+            granted: get_n(&item, "granted")?,
+            balance: get_n(&item, "tokens")?,
+            spent: get_n(&item, "spent")?,
+            deleted_at: get_n(&item, "deleted_at")?,
+        }))
     }
 }

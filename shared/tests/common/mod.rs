@@ -28,6 +28,15 @@ pub fn config(table: &str) -> Config {
         start_tokens: 4000,
         chat_cost: 100,
         token_ttl: Duration::from_secs(30 * 86_400),
+        session_idle: Duration::from_secs(7 * 86_400),
+        max_sessions: 20,
+        // Concurrency tests fire hundreds of chats at once; the throttling tests set
+        // their own limits.
+        limits: shared::config::Limits {
+            chats_in_flight: 1_000,
+            chats_per_minute: 100_000,
+            ..Default::default()
+        },
         max_message_chars: 8000,
         charge_timeout: Duration::from_secs(60),
         function_timeout: Duration::from_secs(29),

@@ -18,7 +18,12 @@ async fn main() {
 }
 
 async fn run(name: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let store = Store::connect(&shared::aws::config().await, name, Default::default());
+    let retry = shared::store::RetryPolicy {
+        attempt_timeout: std::time::Duration::from_secs(10),
+        budget: std::time::Duration::from_secs(30),
+        ..Default::default()
+    };
+    let store = Store::connect(&shared::aws::config().await, name, retry);
     let client = store.client();
     if client
         .describe_table()

@@ -7,7 +7,6 @@ use std::{path::Path, sync::Arc, time::Duration};
 use serde_json::{Value, json};
 use shared::{
     audit::{self, Books},
-    auth,
     store::Store,
 };
 use testkit::{
@@ -27,8 +26,7 @@ pub struct Setup {
 /// A fresh table with `john` holding `tokens` credits, a stand-in and an emulator.
 pub async fn setup(tokens: u64) -> Setup {
     let store = testkit::table::local_store("proc").await;
-    let token = auth::new_token().unwrap();
-    demo::user_with_token(&store, "john", tokens, &token)
+    let token = demo::user_with_new_token(&store, "john", tokens)
         .await
         .unwrap();
     Setup {
@@ -48,6 +46,9 @@ impl Setup {
             ("GEMINI_TIMEOUT_MS", "1500".to_owned()),
             ("GEMINI_STREAM_TIMEOUT_MS", "1500".to_owned()),
             ("RUST_LOG", "warn".to_owned()),
+            // These tests are about concurrency, not about the per-user chat limits.
+            ("CHATS_IN_FLIGHT", "1000".to_owned()),
+            ("CHATS_PER_MINUTE", "100000".to_owned()),
         ];
         env.extend(extra.iter().cloned());
         Functions::spawn(Path::new(CHAT), &self.runtime, count, &env)
@@ -107,6 +108,9 @@ impl Setup {
             start_tokens: 4000,
             chat_cost: 100,
             token_ttl: Duration::from_secs(86_400),
+            session_idle: Duration::from_secs(86_400),
+            max_sessions: 20,
+            limits: Default::default(),
             max_message_chars: 8000,
             charge_timeout: Duration::from_secs(9),
             function_timeout: Duration::from_secs(8),
