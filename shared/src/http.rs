@@ -153,7 +153,7 @@ pub fn auth_token(req: &Request) -> Result<&str, ApiError> {
         return Err(ApiError::InvalidToken);
     }
     let token = token.trim();
-    if token.is_empty() {
+    if token.is_empty() || token.chars().any(char::is_whitespace) {
         return Err(ApiError::InvalidToken);
     }
     Ok(token)
