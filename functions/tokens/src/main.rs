@@ -1,4 +1,5 @@
-//! The `tokens` function: see `shared::api::tokens`.
+//! The `tokens` function: the balance (`shared::api::tokens`) and the API's contract
+//! (`shared::api::openapi`).
 
 use lambda_http::{Error, run, service_fn};
 
@@ -6,5 +7,5 @@ use lambda_http::{Error, run, service_fn};
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let app = shared::App::from_env().await?;
-    run(service_fn(|req| shared::api::tokens::handle(&app, req))).await
+    run(service_fn(|req| shared::api::tokens_function(&app, req))).await
 }

@@ -3,11 +3,13 @@
 
 pub mod chat;
 pub mod login;
+pub mod openapi;
 pub mod register;
 pub mod sessions;
 pub mod tokens;
 
 use aws_config::SdkConfig;
+use lambda_http::{Body, Error, Request, Response};
 
 use crate::{
     aws,
@@ -17,6 +19,19 @@ use crate::{
     service::accounts::{Accounts, Authed},
     store::Store,
 };
+
+/// The tokens function: `/api/tokens/` and `/api/openapi.json`, both read-only.
+pub async fn tokens_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    if req
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .ends_with("/openapi.json")
+    {
+        return Ok(openapi::handle(req).await);
+    }
+    tokens::handle(app, req).await
+}
 
 /// What every function builds once per cold start.
 #[derive(Debug, Clone)]
