@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """End to end: start the local API the way the README does (scripts/dev), drive
-register -> login -> chat -> tokens over HTTP on loopback, stop it as Ctrl-C would,
-and check that nothing it started is still running. Standard library only."""
+register -> login -> chat -> tokens over HTTP on loopback, run the contract test
+(schemathesis against openapi.yaml) on the same API, stop it as Ctrl-C would, and check
+that nothing it started is still running. Standard library only; schemathesis runs from
+its own virtualenv under .local/."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +19,18 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_TIMEOUT = 900  # a cold machine compiles the functions first
+
+# The contract test: schemathesis from PyPI, pinned, in its own virtualenv.
+SCHEMATHESIS_VERSION = "4.32.5"
+SCHEMATHESIS_VENV = os.path.join(ROOT, ".local", "schemathesis")
+# What every response is checked for. The first five are the contract proper; the others
+# check the 405 + Allow of undocumented methods and the 401 of a call without a token.
+CONTRACT_CHECKS = ",".join([
+    "not_a_server_error", "status_code_conformance", "response_schema_conformance",
+    "content_type_conformance", "response_headers_conformance",
+    "unsupported_method", "allow_header_conformance", "ignored_auth",
+])
+CONTRACT_SEED = 1
 
 
 def free_port():
@@ -58,6 +73,75 @@ def call(base, method, path, body=None, token=None, raw=None, content_type="appl
         return err.code, dict(err.headers), json.loads(err.read() or b"null")
 
 
+def install_schemathesis():
+    """Installs the pinned schemathesis into its virtualenv unless it is there. Returns an
+    error message, or None. (Before the API starts: `cargo lambda watch` restarts every
+    function when files in the tree change.)"""
+    python = os.path.join(SCHEMATHESIS_VENV, "bin", "python")
+    if os.path.exists(python):
+        have = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('schemathesis'))"],
+                              capture_output=True, text=True)
+        if have.stdout.strip() == SCHEMATHESIS_VERSION:
+            return None
+    print(f"e2e: installing schemathesis {SCHEMATHESIS_VERSION} into {os.path.relpath(SCHEMATHESIS_VENV, ROOT)}")
+    script = (f'python3 -m venv "{SCHEMATHESIS_VENV}" && "{SCHEMATHESIS_VENV}/bin/pip" install --quiet '
+              f'--disable-pip-version-check "schemathesis=={SCHEMATHESIS_VERSION}"')
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return None if done.returncode == 0 else (done.stdout + done.stderr)[-2000:]
+
+
+def signed_in(base, username, sessions=1):
+    """Registers `username` and logs it in `sessions` times; returns the tokens."""
+    password = f"{username}-password"
+    status, _, body = call(base, "POST", "/api/register/", {"username": username, "password": password})
+    if status != 201:
+        raise RuntimeError(f"register {username}: {status} {body}")
+    tokens = []
+    for _ in range(sessions):
+        status, _, body = call(base, "POST", "/api/login/", {"username": username, "password": password})
+        if status != 200:
+            raise RuntimeError(f"login {username}: {status} {body}")
+        tokens.append(body["token"])
+    return tokens
+
+
+def contract(r, base, name, token, operations, max_examples, headers=()):
+    """One schemathesis run against the running API, with the document it serves, as a
+    signed-in user. Its output is printed with a `st |` prefix (scripts/test counts the
+    run as one check, not its own tallies)."""
+    spec = call(base, "GET", "/api/openapi.json")[2]
+    # Routes the contract documents ahead of their code (`x-pending-routes` in
+    # openapi.yaml, the one place to change) are skipped until they are served.
+    pending = spec.get("x-pending-routes", [])
+    cmd = [os.path.join(SCHEMATHESIS_VENV, "bin", "st"), "run", f"{base}/api/openapi.json", "--url", base,
+           "--checks", CONTRACT_CHECKS, "--max-examples", str(max_examples), "--seed", str(CONTRACT_SEED),
+           "--workers", "1", "--request-timeout", "60", "--generation-with-security-parameters", "false",
+           "--generation-database", "none", "--no-color", "-H", f"Authorization: Token {token}"]
+    for header in headers:
+        cmd += ["-H", header]
+    if pending:
+        cmd += ["--exclude-path-regex", "^(" + "|".join(re.escape(p) for p in pending) + ")$"]
+    if operations.get("include"):
+        for op in operations["include"]:
+            cmd += ["--include-operation-id", op]
+    for op in operations.get("exclude", []):
+        cmd += ["--exclude-operation-id", op]
+    # Nothing may be written inside the tree while the API runs (a change restarts every
+    # function mid-request): no bytecode for the hooks, and the working directory elsewhere.
+    env = dict(os.environ, SCHEMATHESIS_HOOKS=os.path.join(ROOT, "scripts", "contract_hooks.py"),
+               PYTHONDONTWRITEBYTECODE="1")
+    print(f"e2e: contract ({name}): schemathesis {SCHEMATHESIS_VERSION}, seed {CONTRACT_SEED}, "
+          f"up to {max_examples} examples per operation, checks {CONTRACT_CHECKS}")
+    if pending:
+        print(f"e2e: contract: not served yet, skipped: {' '.join(pending)}")
+    started = time.time()
+    run = subprocess.run(cmd, cwd=tempfile.gettempdir(), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, timeout=900)
+    for line in run.stdout.splitlines():
+        print(f"  st | {line}")
+    r.check(f"contract: {name} ({time.time() - started:.0f} s)", run.returncode == 0, f"exit={run.returncode}")
+
+
 def leftovers(markers):
     """Processes whose command line or environment names one of this run's unique
     ports: DynamoDB Local, the stand-in, cargo lambda watch and the functions it ran."""
@@ -83,11 +167,13 @@ def main():
     for var in ("GEMINI_API_KEY", "GEMINI_BASE_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
         env.pop(var, None)  # exactly what a newcomer's shell has: no key, no endpoint
     base = f"http://127.0.0.1:{ports['API_PORT']}"
+    r = Results()
+    failed_install = install_schemathesis()
+    r.check("schemathesis installs", failed_install is None, failed_install)
     log = tempfile.NamedTemporaryFile("w+", prefix="e2e-dev-", suffix=".log", delete=False)
     print(f"e2e: starting scripts/dev (log {log.name})")
     dev = subprocess.Popen(["scripts/dev"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, start_new_session=True)
-    r = Results()
     r.log = log.name
     try:
         deadline = time.time() + START_TIMEOUT
@@ -142,6 +228,30 @@ def main():
         r.check("logout 200", status == 200, (status, body))
         status, _, body = call(base, "GET", "/api/tokens/", token=token)
         r.check("a logged-out token is 401", status == 401 and body.get("code") == "invalid_token", (status, body))
+
+        # The contract: openapi.yaml against the running API, every served operation. All
+        # users sign in first: the runs' failed logins use up this address's login budget.
+        # Operations that end the session or the account get their own user, one session
+        # each, in an order where each starts with a live token.
+        if failed_install is not None:
+            return r
+        status, _, body = call(base, "GET", "/api/openapi.json")
+        r.check("GET /api/openapi.json serves the contract", status == 200 and body.get("openapi", "").startswith("3.1"),
+                status)
+        try:
+            [user] = signed_in(base, "contract-user")
+            [streaming] = signed_in(base, "contract-stream")
+            account, session, everywhere = signed_in(base, "contract-ends", sessions=3)
+        except RuntimeError as err:
+            r.check("contract users sign in", False, err)
+            return r
+        ending = ["deleteAccount", "logout", "logoutAll"]
+        contract(r, base, "every operation, signed in", user, {"exclude": ending}, max_examples=100)
+        contract(r, base, "chat streamed as Server-Sent Events", streaming, {"include": ["chat"]}, max_examples=40,
+                 headers=["Accept: text/event-stream"])
+        contract(r, base, "account deletion", account, {"include": ["deleteAccount"]}, max_examples=30)
+        contract(r, base, "logout", session, {"include": ["logout"]}, max_examples=20)
+        contract(r, base, "logout everywhere", everywhere, {"include": ["logoutAll"]}, max_examples=20)
     finally:
         if dev.poll() is None:
             os.killpg(dev.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
