@@ -135,11 +135,17 @@ def contract(r, base, name, token, operations, max_examples, headers=()):
     if pending:
         print(f"e2e: contract: not served yet, skipped: {' '.join(pending)}")
     started = time.time()
-    run = subprocess.run(cmd, cwd=tempfile.gettempdir(), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, timeout=900)
-    for line in run.stdout.splitlines():
+    try:
+        run = subprocess.run(cmd, cwd=tempfile.gettempdir(), env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+        output, code = run.stdout, run.returncode
+    except subprocess.TimeoutExpired as err:
+        output = err.stdout or b""
+        output = output.decode(errors="replace") if isinstance(output, bytes) else output
+        code = "timeout after 900 s"
+    for line in output.splitlines():
         print(f"  st | {line}")
-    r.check(f"contract: {name} ({time.time() - started:.0f} s)", run.returncode == 0, f"exit={run.returncode}")
+    r.check(f"contract: {name} ({time.time() - started:.0f} s)", code == 0, f"exit={code}")
 
 
 def leftovers(markers):
