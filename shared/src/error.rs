@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     gemini,
-    service::{charges::ChargeError, chat::ChatError},
+    service::{charges::ChargeError, chat::ChatError, conversations::ConversationError},
     store,
 };
 
@@ -42,6 +42,8 @@ pub enum ApiError {
     TokenExpired,
     #[error("Invalid username or password.")]
     InvalidCredentials,
+    #[error("No such {0}.")]
+    NotFound(&'static str),
     #[error("A user with that username already exists.")]
     UsernameTaken,
     #[error("Not enough credits: a chat costs {cost} and you have {balance}.")]
@@ -82,6 +84,7 @@ impl ApiError {
             NotAuthenticated | InvalidToken | TokenExpired | InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
+            NotFound(_) => StatusCode::NOT_FOUND,
             UsernameTaken | IdempotencyInProgress => StatusCode::CONFLICT,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
@@ -107,6 +110,7 @@ impl ApiError {
             InvalidToken => "invalid_token",
             TokenExpired => "token_expired",
             InvalidCredentials => "invalid_credentials",
+            NotFound(_) => "not_found",
             UsernameTaken => "username_taken",
             IdempotencyKeyReused => "idempotency_key_reused",
             IdempotencyInProgress => "idempotency_in_progress",
@@ -221,8 +225,21 @@ impl From<ChatError> for ApiError {
             ChatError::NoAccount => Self::InvalidToken,
             ChatError::KeyReused => Self::IdempotencyKeyReused,
             ChatError::InProgress => Self::IdempotencyInProgress,
+            ChatError::NoConversation => Self::NotFound("conversation"),
             ChatError::Model(e) => e.into(),
             ChatError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ConversationError> for ApiError {
+    fn from(err: ConversationError) -> Self {
+        match err {
+            ConversationError::NotFound => Self::NotFound("conversation"),
+            ConversationError::BadCursor => {
+                Self::invalid("cursor", "cursor must be a next_cursor this API gave out.")
+            }
+            ConversationError::Store(e) => e.into(),
         }
     }
 }

@@ -48,6 +48,7 @@ async fn audit_reports_balanced_and_unbalanced_books() {
                     model: "m",
                     usage: Default::default(),
                     balance: hold.balance,
+                    title: "q",
                 };
                 charges.settle(&hold, answer).await.unwrap();
             }

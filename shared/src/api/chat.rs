@@ -1,4 +1,5 @@
-//! `POST /api/chat/` `{"message"}` → `{"message", "response", "tokens_remaining"}`.
+//! `POST /api/chat/` `{"message", "conversation_id"?, "model"?}` →
+//! `{"message", "response", "tokens_remaining", "conversation_id", "model"}`.
 //!
 //! The handler parses the request, hands it to the chat service and renders what comes
 //! back. Credits, the model call and idempotency are the service's (`service::chat`).
@@ -7,13 +8,16 @@ use lambda_http::{
     Body, Error, Request, Response,
     http::{HeaderValue, Method, StatusCode},
 };
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
 use crate::{
     ApiError, ChatApp,
-    domain::ChatMessage,
+    domain::{ChatMessage, ConversationId},
     http,
-    service::chat::{Begun, ChatRequest, ChatService, Outcome},
+    service::{
+        chat::{Begun, ChatRequest, ChatService, Outcome},
+        conversations::Choice,
+    },
 };
 
 pub async fn handle(chat_app: &ChatApp, req: Request) -> Result<Response<Body>, Error> {
@@ -31,6 +35,13 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<Body>, ApiEr
         http::string_field(&body, "message")?,
         app.config.max_message_chars,
     )?;
+    let conversation = conversation_choice(&body)?;
+    let model = match body.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(model)) => Some(model.as_str()),
+        Some(_) => return Err(ApiError::invalid("model", "model must be a string.")),
+    };
+    let model = app.config.models.choose(model)?.clone();
     let user_key = app.authenticate(token).await?;
 
     let service = ChatService {
@@ -42,6 +53,8 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<Body>, ApiEr
         user_key,
         message,
         idempotency_key,
+        conversation,
+        model,
     };
     match service.begin(request).await? {
         Begun::Started(turn) => render(service.ask(turn).await?, false),
@@ -49,6 +62,19 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<Body>, ApiEr
             tracing::info!("idempotent replay");
             render(outcome, true)
         }
+    }
+}
+
+/// Absent: the latest conversation if recent; `null`: a new one; a string: that one.
+fn conversation_choice(body: &Map<String, Value>) -> Result<Choice, ApiError> {
+    match body.get("conversation_id") {
+        None => Ok(Choice::Latest),
+        Some(Value::Null) => Ok(Choice::New),
+        Some(Value::String(id)) => Ok(Choice::Given(ConversationId::parse(id)?)),
+        Some(_) => Err(ApiError::invalid(
+            "conversation_id",
+            "conversation_id must be a string or null.",
+        )),
     }
 }
 
@@ -61,6 +87,8 @@ fn render(outcome: Outcome, replayed: bool) -> Result<Response<Body>, ApiError> 
                 "message": answer.message,
                 "response": answer.response,
                 "tokens_remaining": answer.tokens_remaining,
+                "conversation_id": answer.conversation_id,
+                "model": answer.model,
             });
             http::with_balance(http::json(StatusCode::OK, &body), answer.tokens_remaining)
         }

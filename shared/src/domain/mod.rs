@@ -5,6 +5,10 @@ use std::fmt;
 
 use crate::error::ApiError;
 
+mod conversation;
+
+pub use conversation::{ConversationId, Model, ModelCatalogue, Title};
+
 /// A username as the user typed it. Uniqueness is case-insensitive: [`Username::key`]
 /// is what the store indexes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,13 +8,16 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::charges::{Answered, ChargeError, Charges, Hold};
+use super::{
+    charges::{Answered, ChargeError, Charges, Hold},
+    conversations::{Choice, Conversations},
+};
 use crate::{
     config::Config,
-    domain::{ChatMessage, Usage},
+    domain::{ChatMessage, Model, Usage},
     error::Chain,
     gemini::{self, GeminiClient},
-    store::{self, ChargeState, Claim, KeyOwner, OpenCharge, Store, now_millis},
+    store::{self, ChargeState, Claim, KeyOwner, OpenCharge, PastTurn, Store, now_millis},
 };
 
 /// What a chat turn produced. This is what an idempotency record keeps and replays.
@@ -51,6 +54,9 @@ pub enum ChatError {
     KeyReused,
     #[error("a request with this idempotency key is still running")]
     InProgress,
+    /// The conversation asked for is not one of the user's; nothing was charged.
+    #[error("no such conversation")]
+    NoConversation,
     /// The model failed; the charge was refunded.
     #[error("the model failed")]
     Model(#[source] gemini::Error),
@@ -74,6 +80,9 @@ pub struct ChatRequest {
     pub user_key: String,
     pub message: ChatMessage,
     pub idempotency_key: Option<String>,
+    pub conversation: Choice,
+    /// From the catalogue: its price is the chat's cost.
+    pub model: Model,
 }
 
 /// How a turn begins: afresh, or with the stored outcome of an earlier request with the
@@ -90,6 +99,9 @@ pub enum Begun {
 pub struct Turn {
     pub hold: Hold,
     pub message: ChatMessage,
+    pub model: Model,
+    /// The conversation's earlier turns, oldest first, within the context budget.
+    pub context: Vec<PastTurn>,
     key: Option<(String, KeyOwner)>,
 }
 
@@ -106,13 +118,22 @@ impl<'a> ChatService<'a> {
         Charges::new(self.store, self.config.charge_timeout)
     }
 
-    /// Claims the idempotency key (if any) and holds the credits.
+    pub fn conversations(&self) -> Conversations<'a> {
+        Conversations::new(self.store, &self.config.conversations)
+    }
+
+    /// Places the chat in its conversation, claims the idempotency key (if any) and
+    /// holds the credits. The conversation's check and its history are read alongside
+    /// the debit, so neither adds a round trip; a conversation that is not the user's
+    /// undoes the hold.
     pub async fn begin(&self, req: ChatRequest) -> Result<Begun, ChatError> {
+        let conversations = self.conversations();
+        let placement = conversations.place(&req.user_key, req.conversation).await?;
         let charge = OpenCharge {
             id: Uuid::now_v7().to_string(),
             user_key: req.user_key,
-            conversation_id: Uuid::now_v7().to_string(),
-            cost: self.config.chat_cost,
+            conversation_id: placement.id.as_str().to_owned(),
+            cost: req.model.cost,
             opened_at: now_millis(),
         };
         let owner = KeyOwner {
@@ -132,19 +153,55 @@ impl<'a> ChatService<'a> {
             }
         };
         let user = charge.user_key.clone();
-        match self.charges().hold(charge).await {
-            Ok(hold) => Ok(Begun::Started(Turn {
-                hold,
-                message: req.message,
-                key,
-            })),
+        let id = &placement.id;
+        let charges = self.charges();
+        let (held, exists, history) = tokio::join!(
+            charges.hold(charge),
+            async {
+                match placement.must_exist {
+                    true => self
+                        .store
+                        .conversation(&user, id)
+                        .await
+                        .map(|c| c.is_some()),
+                    false => Ok(true),
+                }
+            },
+            async {
+                match placement.has_history {
+                    true => conversations.context(&user, id).await,
+                    false => Ok(Vec::new()),
+                }
+            },
+        );
+        let hold = match held {
+            Ok(hold) => hold,
             Err(err) => {
                 if let Some((key, owner)) = &key {
                     self.release(&user, key, owner).await;
                 }
-                Err(err.into())
+                return Err(err.into());
             }
+        };
+        let stop = match (exists, history) {
+            (Ok(true), Ok(context)) => {
+                return Ok(Begun::Started(Turn {
+                    hold,
+                    message: req.message,
+                    model: req.model,
+                    context,
+                    key,
+                }));
+            }
+            (Ok(false), _) => ChatError::NoConversation,
+            (Err(e), _) | (_, Err(e)) => ChatError::Store(e),
+        };
+        // Nothing was asked: the credits go back and the key is free.
+        self.charges().cancel(&hold).await;
+        if let Some((key, owner)) = &key {
+            self.release(&user, key, owner).await;
         }
+        Err(stop)
     }
 
     /// The buffered turn: ask the model (recovering abandoned charges meanwhile) and end
@@ -174,7 +231,7 @@ impl<'a> ChatService<'a> {
             response: reply.text,
             tokens_remaining: hold.balance + recovered,
             conversation_id: hold.charge.conversation_id.clone(),
-            model: reply.model,
+            model: turn.model.id.clone(),
             cost: hold.charge.cost,
             usage: reply.usage,
             finish_reason: reply.finish_reason,
@@ -188,12 +245,14 @@ impl<'a> ChatService<'a> {
                     model: &answer.model,
                     usage: answer.usage,
                     balance: answer.tokens_remaining,
+                    title: Conversations::default_title(&answer.message).as_str(),
                 },
             )
             .await?;
         tracing::info!(
             user = %hold.charge.user_key, charge = %hold.charge.id, cost = hold.charge.cost,
             balance = answer.tokens_remaining, model = %answer.model,
+            served_by = %reply.model, context_turns = turn.context.len(),
             prompt_tokens = answer.usage.prompt_tokens, response_tokens = answer.usage.response_tokens,
             finish_reason = answer.finish_reason.as_deref().unwrap_or("-"),
             "chat answered"

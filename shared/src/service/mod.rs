@@ -3,3 +3,4 @@
 
 pub mod charges;
 pub mod chat;
+pub mod conversations;
