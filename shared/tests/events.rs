@@ -44,8 +44,8 @@ async fn every_sample_event_gets_its_documented_status() {
         let resp = match entry["function"].as_str().unwrap() {
             "register" => api::register::handle(&chat_app.app, req).await,
             "login" => api::login::handle(&chat_app.app, req).await,
-            "tokens" => api::tokens::handle(&chat_app.app, req).await,
-            "chat" => api::chat::handle(&chat_app, req).await,
+            "tokens" => api::tokens_function(&chat_app.app, req).await,
+            "chat" => api::chat_function(&chat_app, req).await,
             other => panic!("{file}: unknown function {other}"),
         }
         .unwrap();
