@@ -565,3 +565,32 @@ async fn history_paths_work_with_and_without_the_trailing_slash() {
         400
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_chats_into_one_conversation_are_all_counted_and_paid() {
+    let (_standin, chat_app, token) = john_chatting(Behavior::Answer).await;
+    let first = answered(&chat_body(&chat_app, &token, json!({"message": "start"})).await);
+    let id = first["conversation_id"].clone();
+    let chat_app = std::sync::Arc::new(chat_app);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (chat_app, token, id) = (chat_app.clone(), token.clone(), id.clone());
+        tasks.spawn(async move {
+            let body = json!({"message": format!("at once {i}"), "conversation_id": id});
+            chat_body(&chat_app, &token, body).await.status()
+        });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let list = json_of(&call(&chat_app, "GET", "/api/conversations/", &token, None).await);
+    assert_eq!(list["conversations"][0]["messages"], 21);
+    let path = format!(
+        "/api/conversations/{}/messages/?limit=100",
+        id.as_str().unwrap()
+    );
+    let page = json_of(&call(&chat_app, "GET", &path, &token, None).await);
+    assert_eq!(page["messages"].as_array().unwrap().len(), 21);
+    let books = assert_books_balance(&chat_app.app, "john").await;
+    assert_eq!((books.completed_chats, books.balance), (21, 1900));
+}
