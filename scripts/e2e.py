@@ -121,10 +121,28 @@ def main():
         status, _, body = call(base, "GET", "/api/tokens/", token=token)
         r.check("tokens 200 shows 3900", status == 200 and body == {"tokens": 3900}, (status, body))
 
+        # Conversations and models, routed to the chat and tokens functions.
+        status, _, body = call(base, "POST", "/api/chat/", {"message": "And Spain?"}, token=token)
+        body_conversation = body.get("conversation_id") if isinstance(body, dict) else None
+        r.check("a second chat continues the conversation", status == 200 and body_conversation is not None, (status, body))
+        status, _, body = call(base, "GET", "/api/conversations", token=token)
+        conversation = (body.get("conversations") or [{}])[0] if isinstance(body, dict) else {}
+        r.check("the conversation is listed with two messages", status == 200 and conversation.get("id") ==
+                body_conversation and conversation.get("messages") == 2, (status, body))
+        status, _, body = call(base, "GET", f"/api/conversations/{body_conversation}/messages/?limit=1", token=token)
+        r.check("its messages page by cursor", status == 200 and len(body.get("messages", [])) == 1
+                and body.get("next_cursor"), (status, body))
+        status, _, body = call(base, "GET", "/api/models/")
+        r.check("models need no token", status == 200 and any(m.get("default") for m in body.get("models", [])), (status, body))
+        status, _, body = call(base, "DELETE", f"/api/conversations/{body_conversation}", token=token)
+        r.check("a conversation can be deleted", status == 204, (status, body))
+        status, _, body = call(base, "GET", "/api/tokens/", token=token)
+        r.check("tokens 200 shows 3800", status == 200 and body == {"tokens": 3800}, (status, body))
+
         status, _, body = call(base, "POST", "/api/chat/", {"message": "[standin:503]"}, token=token)
         r.check("Gemini overload is 503 and refunded", status == 503, (status, body))
         status, _, body = call(base, "GET", "/api/tokens", token=token)
-        r.check("balance unchanged after the failure", body == {"tokens": 3900}, body)
+        r.check("balance unchanged after the failure", body == {"tokens": 3800}, body)
 
         status, _, body = call(base, "POST", "/api/chat/", {"message": "hi"})
         r.check("chat without a token is 401", status == 401 and body.get("code") == "not_authenticated", body)

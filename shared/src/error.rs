@@ -10,7 +10,10 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     auth, gemini,
-    service::{accounts::AccountError, charges::ChargeError, chat::ChatError},
+    service::{
+        accounts::AccountError, charges::ChargeError, chat::ChatError,
+        conversations::ConversationError,
+    },
     store,
 };
 
@@ -42,6 +45,8 @@ pub enum ApiError {
     TokenExpired,
     #[error("Invalid username or password.")]
     InvalidCredentials,
+    #[error("No such {0}.")]
+    NotFound(&'static str),
     #[error("A user with that username already exists.")]
     UsernameTaken,
     #[error("{}", .what.detail())]
@@ -89,6 +94,7 @@ impl ApiError {
             NotAuthenticated | InvalidToken | TokenExpired | InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
+            NotFound(_) => StatusCode::NOT_FOUND,
             UsernameTaken | IdempotencyInProgress | ChatsRunning => StatusCode::CONFLICT,
             Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -115,6 +121,7 @@ impl ApiError {
             InvalidToken => "invalid_token",
             TokenExpired => "token_expired",
             InvalidCredentials => "invalid_credentials",
+            NotFound(_) => "not_found",
             UsernameTaken => "username_taken",
             Throttled { what, .. } => what.code(),
             ChatsRunning => "chats_running",
@@ -309,8 +316,21 @@ impl From<ChatError> for ApiError {
             },
             ChatError::KeyReused => Self::IdempotencyKeyReused,
             ChatError::InProgress => Self::IdempotencyInProgress,
+            ChatError::NoConversation => Self::NotFound("conversation"),
             ChatError::Model(e) => e.into(),
             ChatError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<ConversationError> for ApiError {
+    fn from(err: ConversationError) -> Self {
+        match err {
+            ConversationError::NotFound => Self::NotFound("conversation"),
+            ConversationError::BadCursor => {
+                Self::invalid("cursor", "cursor must be a next_cursor this API gave out.")
+            }
+            ConversationError::Store(e) => e.into(),
         }
     }
 }

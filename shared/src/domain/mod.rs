@@ -5,6 +5,19 @@ use std::fmt;
 
 use crate::error::ApiError;
 
+mod conversation;
+
+pub use conversation::{ConversationId, Model, ModelCatalogue, Title};
+
+/// One earlier exchange of a conversation, as context for the next one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PastTurn {
+    /// What the user said.
+    pub message: String,
+    /// What the model answered.
+    pub response: String,
+}
+
 /// A username as the user typed it. Uniqueness is case-insensitive: [`Username::key`]
 /// is what the store indexes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -134,13 +134,7 @@ pub struct Reply {
 }
 
 /// One earlier exchange of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Turn {
-    /// What the user said.
-    pub message: String,
-    /// What the model answered.
-    pub response: String,
-}
+pub use crate::domain::PastTurn as Turn;
 
 /// What to ask, of which model.
 #[derive(Debug, Clone, Copy)]

@@ -7,7 +7,11 @@
 //! | throttle | `THROTTLE#<kind>#<subject>[#<window>]` | `THROTTLE` | n, last_at, next_at (run counters), expires_at (TTL) |
 //! | chat    | `USER#<name key>`   | `CHAT#<conversation>#<charge uuidv7>`| conversation_id, message, response, model, cost, state, usage, balance, reason, created_at, settled_at |
 //! | idempotency | `USER#<name key>` | `IDEM#<client key>` | state, fingerprint, owner (charge id), conversation, started_at, outcome, expires_at (TTL) |
+//! | conversation | `USER#<name key>` | `CONV#<conversation uuid>` | conversation_id, title, model, created_at, updated_at (index `Conversations`), messages, last_charge |
+//!
+//! The user item also keeps `last_conversation` {id, at}: the latest answered conversation.
 
+mod conversations;
 mod credits;
 mod idempotency;
 mod retry;
@@ -22,6 +26,9 @@ use std::{
 use aws_config::{SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_dynamodb::{Client, types::AttributeValue};
 
+pub use conversations::{
+    CONVERSATIONS_INDEX, ConversationRecord, ConversationsAfter, Page, PastTurn,
+};
 pub use credits::{ChargeState, ChatOutcome, ChatRecord, Close, Debit, DebitGuard, OpenCharge};
 pub use idempotency::{Claim, KeyOwner};
 pub use retry::RetryPolicy;
