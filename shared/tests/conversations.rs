@@ -655,3 +655,56 @@ async fn concurrent_chats_into_one_conversation_are_all_counted_and_paid() {
     let books = assert_books_balance(&chat_app.app, "john").await;
     assert_eq!((books.completed_chats, books.balance), (21, 1900));
 }
+
+#[tokio::test]
+async fn a_page_of_messages_is_full_even_when_refunded_chats_sit_between() {
+    let (_standin, chat_app, token) = john_chatting(Behavior::Answer).await;
+    let first = answered(&chat_body(&chat_app, &token, json!({"message": "one"})).await);
+    let id = first["conversation_id"].as_str().unwrap().to_owned();
+    for message in [
+        "[standin:503] a",
+        "[standin:503] b",
+        "two",
+        "[standin:500] c",
+        "three",
+    ] {
+        chat_body(
+            &chat_app,
+            &token,
+            json!({"message": message, "conversation_id": id}),
+        )
+        .await;
+    }
+    let page = call(
+        &chat_app,
+        "GET",
+        &format!("/api/conversations/{id}/messages/?limit=2"),
+        &token,
+        None,
+    )
+    .await;
+    let page = answered(&page);
+    let messages: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        ["one", "two"],
+        "refunded chats are skipped, the page still full"
+    );
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let rest = call(
+        &chat_app,
+        "GET",
+        &format!("/api/conversations/{id}/messages/?limit=2&cursor={cursor}"),
+        &token,
+        None,
+    )
+    .await;
+    let rest = answered(&rest);
+    assert_eq!(rest["messages"][0]["message"], "three");
+    assert_eq!(rest["messages"].as_array().unwrap().len(), 1);
+}

@@ -18,8 +18,10 @@ use aws_sdk_dynamodb::{
 };
 
 use super::{
-    Error, Item, PK, SK, Store, credits::chat_record, get_n, get_opt_s, get_s, n, now_millis, s,
-    user_pk, users::PROFILE,
+    Error, Item, PK, SK, Store,
+    credits::{chat_record, chat_sk},
+    get_n, get_opt_s, get_s, n, now_millis, s, user_pk,
+    users::PROFILE,
 };
 use crate::{
     domain::ConversationId,
@@ -246,44 +248,49 @@ impl Store {
         limit: usize,
         after: Option<&str>,
     ) -> Result<Page<ChatRecord, String>, Error> {
-        let start = after.map(|charge| {
+        let mut start = after.map(|charge| {
             HashMap::from([
                 (PK.to_owned(), user_pk(user_key)),
-                (SK.to_owned(), s(format!("CHAT#{id}#{charge}"))),
+                (SK.to_owned(), chat_sk(id.as_str(), charge)),
             ])
         });
-        let query = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("pk = :pk AND begins_with(sk, :chats)")
-            .filter_expression("#state = :completed")
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_values(":pk", user_pk(user_key))
-            .expression_attribute_values(":chats", chats_prefix(id))
-            .expression_attribute_values(":completed", s(ChargeState::Completed.as_str()))
-            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
-            .consistent_read(true)
-            .set_exclusive_start_key(start);
-        let out = self
-            .send("Query", || query.clone().send())
-            .await
-            .map_err(|f| f.into_error("Query"))?;
-        let items = out
-            .items
-            .unwrap_or_default()
-            .iter()
-            .map(chat_record)
-            .collect::<Result<Vec<_>, _>>()?;
-        let next = match out.last_evaluated_key {
-            Some(key) if !key.is_empty() => Some(
-                get_s(&key, SK)?
-                    .rsplit('#')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned(),
-            ),
-            _ => None,
+        // Refunded chats are filtered out after DynamoDB's limit, so a page can come back
+        // short: read on from where it stopped until the page is full or the end is reached.
+        let mut items = Vec::new();
+        let next = loop {
+            let query = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :chats)")
+                .filter_expression("#state = :completed")
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_values(":pk", user_pk(user_key))
+                .expression_attribute_values(":chats", chats_prefix(id))
+                .expression_attribute_values(":completed", s(ChargeState::Completed.as_str()))
+                .limit(i32::try_from(limit - items.len()).unwrap_or(i32::MAX))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            let out = self
+                .send("Query", || query.clone().send())
+                .await
+                .map_err(|f| f.into_error("Query"))?;
+            for item in out.items.unwrap_or_default() {
+                items.push(chat_record(&item)?);
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() && items.len() < limit => start = Some(key),
+                Some(key) if !key.is_empty() => {
+                    break Some(
+                        get_s(&key, SK)?
+                            .rsplit('#')
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
+                }
+                _ => break None,
+            }
         };
         Ok(Page { items, next })
     }
