@@ -3,13 +3,15 @@
 //! Expected failures carry what the client needs to act on them; unexpected ones keep
 //! their cause chain for the log and reach the client as an opaque 500.
 
-use std::{error::Error as StdError, fmt, time::Duration};
+use std::time::Duration;
 
 use lambda_http::http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    auth, gemini,
+    auth,
+    domain::Invalid,
+    gemini,
     service::{
         accounts::AccountError, charges::ChargeError, chat::ChatError,
         conversations::ConversationError,
@@ -17,7 +19,7 @@ use crate::{
     store,
 };
 
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub use crate::telemetry::{BoxError, Chain};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -266,21 +268,6 @@ fn upstream_detail(err: &gemini::Error) -> &'static str {
     }
 }
 
-/// Renders an error with its whole cause chain, for logs.
-pub struct Chain<'a>(pub &'a (dyn StdError + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
-
 impl From<store::Error> for ApiError {
     fn from(err: store::Error) -> Self {
         if err.is_unavailable() {
@@ -319,6 +306,15 @@ impl From<ChatError> for ApiError {
             ChatError::NoConversation => Self::NotFound("conversation"),
             ChatError::Model(e) => e.into(),
             ChatError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(err: Invalid) -> Self {
+        match err {
+            Invalid::Field { field, message } => Self::InvalidField { field, message },
+            Invalid::Credentials => Self::InvalidCredentials,
         }
     }
 }

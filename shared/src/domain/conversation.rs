@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::error::ApiError;
+use super::Invalid;
 
 /// A conversation's id: a UUID (v7 when we make one, so ids sort by creation time),
 /// always in its lowercase hyphenated form so that one conversation has one key.
@@ -15,10 +15,10 @@ impl ConversationId {
     }
 
     /// Any UUID, in any case; anything else is refused before any I/O.
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         match uuid::Uuid::try_parse(raw.trim()) {
             Ok(id) if raw.trim().len() == 36 => Ok(Self(id.hyphenated().to_string())),
-            _ => Err(ApiError::invalid(
+            _ => Err(Invalid::field(
                 "conversation_id",
                 "conversation_id must be a conversation's id (a UUID).",
             )),
@@ -56,11 +56,11 @@ impl Title {
     /// How much of the first message a default title keeps.
     pub const DEFAULT_CHARS: usize = 60;
 
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let trimmed = raw.trim();
         let len = trimmed.chars().count();
         if len == 0 || len > Self::MAX_CHARS {
-            return Err(ApiError::invalid(
+            return Err(Invalid::field(
                 "title",
                 format!("title must be 1 to {} characters long.", Self::MAX_CHARS),
             ));
@@ -158,13 +158,13 @@ impl ModelCatalogue {
 
     /// The model a request names, or the default; an unknown name is a 400 that lists
     /// the allowed ones.
-    pub fn choose(&self, requested: Option<&str>) -> Result<&Model, ApiError> {
+    pub fn choose(&self, requested: Option<&str>) -> Result<&Model, Invalid> {
         let Some(requested) = requested else {
             return Ok(self.default_model());
         };
         self.get(requested).ok_or_else(|| {
             let allowed: Vec<&str> = self.models.iter().map(|m| m.id.as_str()).collect();
-            ApiError::invalid(
+            Invalid::field(
                 "model",
                 format!("model must be one of: {}.", allowed.join(", ")),
             )

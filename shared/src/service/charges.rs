@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use crate::{
     domain::Usage,
-    error::Chain,
     store::{
         self, ChargeState, ChatOutcome, Close, Debit, DebitGuard, OpenCharge, Store, UserItem,
         now_millis,
     },
+    telemetry::Chain,
 };
 
 /// Why an abandoned charge was refunded.

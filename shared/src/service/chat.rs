@@ -17,11 +17,11 @@ use super::{
 use crate::{
     config::Config,
     domain::{ChatMessage, ConversationId, Model, Usage},
-    error::Chain,
     gemini::{self, GeminiClient, ModelName, Prompt},
     store::{
         self, ChargeState, Claim, DebitGuard, KeyOwner, OpenCharge, PastTurn, Store, now_millis,
     },
+    telemetry::Chain,
 };
 
 /// What a chat turn produced. This is what an idempotency record keeps and replays.

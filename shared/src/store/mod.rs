@@ -35,7 +35,7 @@ pub use retry::RetryPolicy;
 pub use throttle::Reservation;
 pub use users::{Ledger, SessionEntry, Tombstone, UserItem};
 
-use crate::error::BoxError;
+use crate::telemetry::BoxError;
 
 /// Attribute names of the key schema and of the TTL. The table itself is defined in
 /// `template.yaml` only; tests and local runs create theirs from it.
