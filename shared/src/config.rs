@@ -3,8 +3,7 @@
 use std::{env, fmt, str::FromStr, time::Duration};
 
 use crate::{
-    domain::ModelCatalogue,
-    gemini::{ModelName, ThinkingLevel},
+    domain::{ModelCatalogue, ModelName, ThinkingLevel},
     store::RetryPolicy,
 };
 
@@ -335,10 +334,8 @@ impl GeminiConfig {
     pub fn from_env(api_key: Secret) -> Result<Self, ConfigError> {
         let base_url =
             optional("GEMINI_BASE_URL").unwrap_or_else(|| Self::DEFAULT_BASE_URL.to_owned());
-        crate::gemini::check_base_url(&base_url).map_err(|reason| ConfigError {
-            var: "GEMINI_BASE_URL",
-            reason,
-        })?;
+        // Its scheme and host are checked where the client is built, in the same cold
+        // start (`gemini::check_base_url`).
         let model = match optional("GEMINI_MODEL") {
             None => Self::default_model(),
             Some(raw) => ModelName::parse(raw.trim()).map_err(|e| ConfigError {

@@ -4,8 +4,10 @@
 use std::fmt;
 
 mod conversation;
+mod model;
 
 pub use conversation::{ConversationId, Model, ModelCatalogue, Title};
+pub use model::{InvalidModelName, ModelName, ThinkingFamily, ThinkingLevel};
 
 /// A value that breaks a rule. The HTTP layer turns it into its 400 (or, for
 /// [`Invalid::Credentials`], the login's 401).

@@ -10,7 +10,6 @@
 //! Tests point `base_url` at a local stand-in that speaks the same protocol; the code
 //! below is the code that talks to Google.
 
-mod model;
 mod stream;
 mod wire;
 
@@ -24,7 +23,7 @@ use reqwest::{
 
 use crate::{config::GeminiConfig, domain::Usage};
 
-pub use model::{InvalidModelName, ModelName, ThinkingFamily, ThinkingLevel};
+pub use crate::domain::{InvalidModelName, ModelName, ThinkingFamily, ThinkingLevel};
 pub use stream::{ReplyStream, StreamEvent};
 pub use wire::MAX_RETRY_DELAY;
 
