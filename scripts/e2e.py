@@ -147,6 +147,24 @@ def contract(r, base, name, token, operations, max_examples, headers=()):
         print(f"  st | {line}")
     r.check(f"contract: {name} ({time.time() - started:.0f} s)", code == 0, f"exit={code}")
 
+def stream(base, path, body, token):
+    """A streamed chat: [(event, data, seconds since the request)] as the events arrive."""
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method="POST")
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Accept", "text/event-stream")
+    req.add_header("Authorization", f"Token {token}")
+    start, events, name = time.monotonic(), [], None
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        if resp.headers.get("Content-Type") != "text/event-stream":
+            return resp.status, []
+        for raw in resp:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                name = line[len("event:"):].strip()
+            elif line.startswith("data:"):
+                events.append((name, json.loads(line[len("data:"):]), time.monotonic() - start))
+        return resp.status, events
+
 
 def leftovers(markers):
     """Processes whose command line or environment names one of this run's unique
@@ -213,10 +231,40 @@ def main():
         status, _, body = call(base, "GET", "/api/tokens/", token=token)
         r.check("tokens 200 shows 3900", status == 200 and body == {"tokens": 3900}, (status, body))
 
+        # Conversations and models, routed to the chat and tokens functions.
+        status, _, body = call(base, "POST", "/api/chat/", {"message": "And Spain?"}, token=token)
+        body_conversation = body.get("conversation_id") if isinstance(body, dict) else None
+        r.check("a second chat continues the conversation", status == 200 and body_conversation is not None, (status, body))
+        status, _, body = call(base, "GET", "/api/conversations", token=token)
+        conversation = (body.get("conversations") or [{}])[0] if isinstance(body, dict) else {}
+        r.check("the conversation is listed with two messages", status == 200 and conversation.get("id") ==
+                body_conversation and conversation.get("messages") == 2, (status, body))
+        status, _, body = call(base, "GET", f"/api/conversations/{body_conversation}/messages/?limit=1", token=token)
+        r.check("its messages page by cursor", status == 200 and len(body.get("messages", [])) == 1
+                and body.get("next_cursor"), (status, body))
+        # A streamed answer: start, words as the stand-in writes them (paced like Gemini),
+        # then done with the whole answer; charged like any other.
+        status, events = stream(base, "/api/chat/", {"message": "Tell me a story", "conversation_id": None}, token)
+        names = [e[0] for e in events]
+        deltas = [e for e in events if e[0] == "delta"]
+        done = events[-1][1] if events and events[-1][0] == "done" else {}
+        r.check("a streamed chat sends start, deltas and done", status == 200 and names[:1] == ["start"]
+                and len(deltas) > 1 and names[-1:] == ["done"], (status, names))
+        r.check("its words arrive before the answer is finished",
+                bool(deltas) and deltas[0][2] + 0.05 < events[-1][2], [round(e[2], 3) for e in events[:3]])
+        r.check("the streamed answer is whole and paid", done.get("response") == "".join(d[1]["text"] for d in deltas)
+                and done.get("tokens_remaining") == 3700, done)
+        status, _, body = call(base, "GET", "/api/models/")
+        r.check("models need no token", status == 200 and any(m.get("default") for m in body.get("models", [])), (status, body))
+        status, _, body = call(base, "DELETE", f"/api/conversations/{body_conversation}", token=token)
+        r.check("a conversation can be deleted", status == 204, (status, body))
+        status, _, body = call(base, "GET", "/api/tokens/", token=token)
+        r.check("tokens 200 shows 3700", status == 200 and body == {"tokens": 3700}, (status, body))
+
         status, _, body = call(base, "POST", "/api/chat/", {"message": "[standin:503]"}, token=token)
         r.check("Gemini overload is 503 and refunded", status == 503, (status, body))
         status, _, body = call(base, "GET", "/api/tokens", token=token)
-        r.check("balance unchanged after the failure", body == {"tokens": 3900}, body)
+        r.check("balance unchanged after the failure", body == {"tokens": 3700}, body)
 
         status, _, body = call(base, "POST", "/api/chat/", {"message": "hi"})
         r.check("chat without a token is 401", status == 401 and body.get("code") == "not_authenticated", body)

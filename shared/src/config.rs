@@ -3,7 +3,7 @@
 use std::{env, fmt, str::FromStr, time::Duration};
 
 use crate::{
-    gemini::{ModelName, ThinkingLevel},
+    domain::{ModelCatalogue, ModelName, ThinkingLevel},
     store::RetryPolicy,
 };
 
@@ -14,8 +14,12 @@ pub struct Config {
     pub table_name: String,
     /// Credits a new account starts with (`START_TOKENS`, default 4000).
     pub start_tokens: u64,
-    /// Credits one chat costs (`CHAT_COST`, default 100).
-    pub chat_cost: u64,
+    /// The models users may choose and their prices in credits per message
+    /// (`MODELS`, `id=cost,…`, default [`Config::DEFAULT_MODELS`]; `DEFAULT_MODEL`,
+    /// default `gemini-flash-latest`).
+    pub models: ModelCatalogue,
+    /// What a chat sent without a conversation continues (chat function).
+    pub conversations: ConversationConfig,
     /// How long a login token stays valid (`TOKEN_TTL_DAYS`, default 30).
     pub token_ttl: Duration,
     /// A session unused this long ends (`SESSION_IDLE_HOURS`, default 168: a week).
@@ -74,6 +78,31 @@ impl Default for Limits {
             register_ip_window: Duration::from_secs(3600),
             chats_in_flight: 4,
             chats_per_minute: 20,
+        }
+    }
+}
+
+/// How conversations continue and what the model is told of them.
+#[derive(Debug, Clone)]
+pub struct ConversationConfig {
+    /// A chat sent with only `{"message"}` continues the user's latest conversation if
+    /// its last answer is younger than this (`CONVERSATION_IDLE_MINUTES`, default 30).
+    pub idle_window: Duration,
+    /// Earlier turns sent as context: at most this many (`CONTEXT_MAX_TURNS`, default 20)
+    pub context_turns: usize,
+    /// … and at most this many characters of them (`CONTEXT_MAX_CHARS`, default 32000).
+    pub context_chars: usize,
+    /// Sent as Gemini's `systemInstruction` (`SYSTEM_INSTRUCTION`, default none).
+    pub system_instruction: Option<String>,
+}
+
+impl Default for ConversationConfig {
+    fn default() -> Self {
+        Self {
+            idle_window: Duration::from_secs(30 * 60),
+            context_turns: 20,
+            context_chars: 32_000,
+            system_instruction: None,
         }
     }
 }
@@ -157,14 +186,41 @@ pub struct ConfigError {
 }
 
 impl Config {
+    /// Two models at different prices; the default one costs what every chat cost
+    /// before models could be chosen.
+    pub const DEFAULT_MODELS: &'static str = "gemini-flash-latest=100,gemini-flash-lite-latest=40";
+
     pub fn from_env() -> Result<Self, ConfigError> {
-        let chat_cost = parse_or("CHAT_COST", 100u64)?;
-        if chat_cost == 0 {
-            return Err(ConfigError {
-                var: "CHAT_COST",
-                reason: "must be at least 1".into(),
-            });
+        let default_model =
+            optional("DEFAULT_MODEL").unwrap_or_else(|| GeminiConfig::DEFAULT_MODEL.to_owned());
+        let models = ModelCatalogue::parse(
+            &optional("MODELS").unwrap_or_else(|| Self::DEFAULT_MODELS.to_owned()),
+            &default_model,
+        )
+        .map_err(|reason| ConfigError {
+            var: "MODELS",
+            reason,
+        })?;
+        // Every model on offer must be a name the Gemini client will call.
+        for model in models.models() {
+            ModelName::parse(&model.id).map_err(|e| ConfigError {
+                var: "MODELS",
+                reason: e.to_string(),
+            })?;
         }
+        let defaults = ConversationConfig::default();
+        let conversations = ConversationConfig {
+            idle_window: Duration::from_secs(
+                parse_or(
+                    "CONVERSATION_IDLE_MINUTES",
+                    defaults.idle_window.as_secs() / 60,
+                )?
+                .saturating_mul(60),
+            ),
+            context_turns: parse_or("CONTEXT_MAX_TURNS", defaults.context_turns)?,
+            context_chars: parse_or("CONTEXT_MAX_CHARS", defaults.context_chars)?,
+            system_instruction: optional("SYSTEM_INSTRUCTION"),
+        };
         let defaults = RetryPolicy::default();
         let store_retry = RetryPolicy {
             attempt_timeout: millis_or("DYNAMODB_ATTEMPT_TIMEOUT_MS", defaults.attempt_timeout)?,
@@ -175,7 +231,8 @@ impl Config {
         let config = Self {
             table_name: required("TABLE_NAME")?,
             start_tokens: parse_or("START_TOKENS", 4000)?,
-            chat_cost,
+            models,
+            conversations,
             token_ttl: days("TOKEN_TTL_DAYS", 30)?,
             session_idle: hours("SESSION_IDLE_HOURS", 168)?,
             max_sessions: parse_or("MAX_SESSIONS", 20)?,
@@ -277,10 +334,8 @@ impl GeminiConfig {
     pub fn from_env(api_key: Secret) -> Result<Self, ConfigError> {
         let base_url =
             optional("GEMINI_BASE_URL").unwrap_or_else(|| Self::DEFAULT_BASE_URL.to_owned());
-        crate::gemini::check_base_url(&base_url).map_err(|reason| ConfigError {
-            var: "GEMINI_BASE_URL",
-            reason,
-        })?;
+        // Its scheme and host are checked where the client is built, in the same cold
+        // start (`gemini::check_base_url`).
         let model = match optional("GEMINI_MODEL") {
             None => Self::default_model(),
             Some(raw) => ModelName::parse(raw.trim()).map_err(|e| ConfigError {

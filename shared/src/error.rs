@@ -3,18 +3,23 @@
 //! Expected failures carry what the client needs to act on them; unexpected ones keep
 //! their cause chain for the log and reach the client as an opaque 500.
 
-use std::{error::Error as StdError, fmt, time::Duration};
+use std::time::Duration;
 
 use lambda_http::http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::{
-    auth, gemini,
-    service::{accounts::AccountError, charges::ChargeError, chat::ChatError},
+    auth,
+    domain::Invalid,
+    gemini,
+    service::{
+        accounts::AccountError, charges::ChargeError, chat::ChatError,
+        conversations::ConversationError,
+    },
     store,
 };
 
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub use crate::telemetry::{BoxError, Chain};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -42,6 +47,8 @@ pub enum ApiError {
     TokenExpired,
     #[error("Invalid username or password.")]
     InvalidCredentials,
+    #[error("No such {0}.")]
+    NotFound(&'static str),
     #[error("A user with that username already exists.")]
     UsernameTaken,
     #[error("{}", .what.detail())]
@@ -89,6 +96,7 @@ impl ApiError {
             NotAuthenticated | InvalidToken | TokenExpired | InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
+            NotFound(_) => StatusCode::NOT_FOUND,
             UsernameTaken | IdempotencyInProgress | ChatsRunning => StatusCode::CONFLICT,
             Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -115,6 +123,7 @@ impl ApiError {
             InvalidToken => "invalid_token",
             TokenExpired => "token_expired",
             InvalidCredentials => "invalid_credentials",
+            NotFound(_) => "not_found",
             UsernameTaken => "username_taken",
             Throttled { what, .. } => what.code(),
             ChatsRunning => "chats_running",
@@ -259,21 +268,6 @@ fn upstream_detail(err: &gemini::Error) -> &'static str {
     }
 }
 
-/// Renders an error with its whole cause chain, for logs.
-pub struct Chain<'a>(pub &'a (dyn StdError + 'static));
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
-}
-
 impl From<store::Error> for ApiError {
     fn from(err: store::Error) -> Self {
         if err.is_unavailable() {
@@ -309,8 +303,30 @@ impl From<ChatError> for ApiError {
             },
             ChatError::KeyReused => Self::IdempotencyKeyReused,
             ChatError::InProgress => Self::IdempotencyInProgress,
+            ChatError::NoConversation => Self::NotFound("conversation"),
             ChatError::Model(e) => e.into(),
             ChatError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(err: Invalid) -> Self {
+        match err {
+            Invalid::Field { field, message } => Self::InvalidField { field, message },
+            Invalid::Credentials => Self::InvalidCredentials,
+        }
+    }
+}
+
+impl From<ConversationError> for ApiError {
+    fn from(err: ConversationError) -> Self {
+        match err {
+            ConversationError::NotFound => Self::NotFound("conversation"),
+            ConversationError::BadCursor => {
+                Self::invalid("cursor", "cursor must be a next_cursor this API gave out.")
+            }
+            ConversationError::Store(e) => e.into(),
         }
     }
 }

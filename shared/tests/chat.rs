@@ -16,7 +16,25 @@ async fn chat_answers_and_charges_100_credits() {
     let resp = chat(&chat_app, &token, "What is the capital of France?").await;
     assert_eq!(resp.status(), 200);
     let body = json_of(&resp);
-    assert_eq!(body.as_object().unwrap().len(), 3, "{body}");
+    // The original three fields, then the conversation and the model.
+    let fields: Vec<_> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "message",
+            "response",
+            "tokens_remaining",
+            "conversation_id",
+            "model"
+        ],
+        "{body}"
+    );
+    assert_eq!(body["model"], "gemini-flash-latest");
     assert_eq!(body["message"], "What is the capital of France?");
     assert!(
         body["response"]
@@ -81,7 +99,12 @@ async fn chats_are_stored_in_time_order() {
 #[tokio::test]
 async fn chat_cost_is_configurable() {
     let standin = GeminiStandIn::start().await;
-    let app = app_with(|c| c.chat_cost = 7).await;
+    let app = app_with(|c| {
+        c.models =
+            shared::domain::ModelCatalogue::parse("gemini-flash-latest=7", "gemini-flash-latest")
+                .unwrap()
+    })
+    .await;
     let chat_app = chat_app_on(app, gemini_config(&standin));
     let token = user_token(&chat_app.app, "john").await;
     assert_eq!(

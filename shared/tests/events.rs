@@ -44,8 +44,15 @@ async fn every_sample_event_gets_its_documented_status() {
         let resp = match entry["function"].as_str().unwrap() {
             "register" => api::register::handle(&chat_app.app, req).await.unwrap(),
             "login" => api::sessions::route(&chat_app.app, req).await.unwrap(),
-            "tokens" => api::tokens::handle(&chat_app.app, req).await.unwrap(),
-            "chat" => chat_request(&chat_app, req).await,
+            "tokens" => api::tokens_function(&chat_app.app, req).await.unwrap(),
+            "chat" => {
+                let resp = api::chat_function(&chat_app, req).await.unwrap();
+                let (parts, body) = resp.into_parts();
+                lambda_http::Response::from_parts(
+                    parts,
+                    lambda_http::Body::Binary(body.collect().await.to_vec()),
+                )
+            }
             other => panic!("{file}: unknown function {other}"),
         };
         assert_eq!(

@@ -4,8 +4,8 @@
 use aws_sdk_dynamodb::{
     Client,
     types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-        TimeToLiveSpecification,
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+        Projection, ProjectionType, ScalarAttributeType, TimeToLiveSpecification,
     },
 };
 use serde_norway::Value;
@@ -24,6 +24,18 @@ pub struct TableSpec {
     pub key_schema: Vec<(String, String)>,
     pub billing_mode: String,
     pub ttl_attribute: Option<String>,
+    pub indexes: Vec<IndexSpec>,
+}
+
+/// A global secondary index of the table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexSpec {
+    pub name: String,
+    /// (name, `HASH` or `RANGE`) pairs.
+    pub key_schema: Vec<(String, String)>,
+    /// `ALL`, `KEYS_ONLY` or `INCLUDE`.
+    pub projection: String,
+    pub non_key_attributes: Vec<String>,
 }
 
 impl TableSpec {
@@ -46,19 +58,40 @@ impl TableSpec {
         let props = table
             .get("Properties")
             .ok_or("the table has no Properties")?;
-        let pairs = |list: &str, a: &str, b: &str| -> Result<Vec<(String, String)>, BoxError> {
-            props
-                .get(list)
-                .and_then(Value::as_sequence)
-                .ok_or_else(|| format!("the table has no {list}"))?
+        let pairs = |list: &str, a: &str, b: &str| pairs_of(props, list, a, b);
+        let indexes = match props.get("GlobalSecondaryIndexes") {
+            None => Vec::new(),
+            Some(list) => list
+                .as_sequence()
+                .ok_or("GlobalSecondaryIndexes is not a list")?
                 .iter()
-                .map(|e| {
-                    let get = |k| e.get(k).and_then(Value::as_str).map(str::to_owned);
-                    get(a)
-                        .zip(get(b))
-                        .ok_or_else(|| format!("{list} entry lacks {a} or {b}").into())
+                .map(|gsi| -> Result<IndexSpec, BoxError> {
+                    let projection = gsi.get("Projection");
+                    Ok(IndexSpec {
+                        name: gsi
+                            .get("IndexName")
+                            .and_then(Value::as_str)
+                            .ok_or("an index has no IndexName")?
+                            .to_owned(),
+                        key_schema: pairs_of(gsi, "KeySchema", "AttributeName", "KeyType")?,
+                        projection: projection
+                            .and_then(|p| p.get("ProjectionType"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("KEYS_ONLY")
+                            .to_owned(),
+                        non_key_attributes: projection
+                            .and_then(|p| p.get("NonKeyAttributes"))
+                            .and_then(Value::as_sequence)
+                            .map(|l| {
+                                l.iter()
+                                    .filter_map(Value::as_str)
+                                    .map(str::to_owned)
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    })
                 })
-                .collect()
+                .collect::<Result<_, _>>()?,
         };
         let ttl = props.get("TimeToLiveSpecification");
         Ok(Self {
@@ -72,6 +105,7 @@ impl TableSpec {
             ttl_attribute: ttl
                 .filter(|t| t.get("Enabled").and_then(Value::as_bool) == Some(true))
                 .and_then(|t| t.get("AttributeName")?.as_str().map(str::to_owned)),
+            indexes,
         })
     }
 
@@ -102,6 +136,25 @@ impl TableSpec {
                     .build()?,
             );
         }
+        for index in &self.indexes {
+            let mut gsi = GlobalSecondaryIndex::builder().index_name(&index.name);
+            for (attr, kind) in &index.key_schema {
+                gsi = gsi.key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(attr)
+                        .key_type(KeyType::from(kind.as_str()))
+                        .build()?,
+                );
+            }
+            let projection = Projection::builder()
+                .projection_type(ProjectionType::from(index.projection.as_str()))
+                .set_non_key_attributes(
+                    (!index.non_key_attributes.is_empty())
+                        .then(|| index.non_key_attributes.clone()),
+                )
+                .build();
+            create = create.global_secondary_indexes(gsi.projection(projection).build()?);
+        }
         create.send().await.map_err(|e| {
             format!(
                 "CreateTable {name}: {}",
@@ -129,6 +182,21 @@ impl TableSpec {
         }
         Ok(())
     }
+}
+
+/// The (a, b) pairs of the list `list` of a template mapping, e.g. a key schema.
+fn pairs_of(node: &Value, list: &str, a: &str, b: &str) -> Result<Vec<(String, String)>, BoxError> {
+    node.get(list)
+        .and_then(Value::as_sequence)
+        .ok_or_else(|| format!("no {list} given"))?
+        .iter()
+        .map(|e| {
+            let get = |k| e.get(k).and_then(Value::as_str).map(str::to_owned);
+            get(a)
+                .zip(get(b))
+                .ok_or_else(|| format!("{list} entry lacks {a} or {b}").into())
+        })
+        .collect()
 }
 
 /// A store on a new, empty table named `<prefix>-<uuid>` on DynamoDB Local, for a test.
@@ -174,5 +242,17 @@ mod tests {
             Some(shared::store::TTL_ATTRIBUTE)
         );
         assert_eq!(spec.billing_mode, "PAY_PER_REQUEST");
+        let index = spec
+            .indexes
+            .iter()
+            .find(|i| i.name == shared::store::CONVERSATIONS_INDEX)
+            .expect("the conversations index is declared");
+        assert_eq!(
+            index.key_schema,
+            vec![
+                ("pk".to_owned(), "HASH".to_owned()),
+                ("updated_at".to_owned(), "RANGE".to_owned())
+            ]
+        );
     }
 }

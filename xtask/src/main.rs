@@ -3,6 +3,9 @@
 //! `cargo xtask cold-start [--runs N] [--warm N] BINARY...`: start-up time and memory of
 //! function binaries (see `cold_start.rs`; `scripts/bench` runs it on release builds).
 //!
+//! `cargo xtask bench-history [--runs N] CHAT_BINARY`: chat latency against a conversation
+//! of 10 and of 2,000 stored messages (see `bench_history.rs`).
+//!
 //! `cargo xtask audit <username> [--table NAME]`: checks that the account's books
 //! balance (granted = balance + settled + open) on whatever DynamoDB the standard AWS
 //! environment points at (`AWS_ENDPOINT_URL_DYNAMODB` for DynamoDB Local). The table is
@@ -14,9 +17,10 @@ use std::process::ExitCode;
 
 use shared::{audit, domain::Username, store::Store};
 
+mod bench_history;
 mod cold_start;
 
-const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...";
+const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...\n       cargo xtask bench-history [--runs N] CHAT_BINARY";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -24,6 +28,7 @@ async fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("audit") => audit_command(&args[1..]).await,
         Some("cold-start") => cold_start::run(&args[1..]).await,
+        Some("bench-history") => bench_history::run(&args[1..]).await,
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)

@@ -48,6 +48,7 @@ async fn audit_reports_balanced_and_unbalanced_books() {
                     model: "m",
                     usage: Default::default(),
                     balance: hold.balance,
+                    title: "q",
                 };
                 charges.settle(&hold, answer).await.unwrap();
             }
@@ -131,6 +132,7 @@ async fn audit_checks_a_deleted_accounts_books_by_its_tombstone() {
         message: "q",
         response: "hi",
         model: "m",
+        title: "q",
         usage: Default::default(),
         balance: hold.balance,
     };

@@ -7,5 +7,5 @@ use lambda_http::{Error, run_with_streaming_response, service_fn};
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let app = shared::ChatApp::from_env().await?;
-    run_with_streaming_response(service_fn(|req| shared::api::chat::handle(&app, req))).await
+    run_with_streaming_response(service_fn(|req| shared::api::chat_function(&app, req))).await
 }

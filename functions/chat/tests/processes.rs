@@ -7,8 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use serde_json::{Value, json};
 use shared::store::ChargeState;
-use testkit::Behavior;
+use testkit::{Behavior, runtime::Outcome};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_chats_across_eight_processes_spend_exactly_the_balance() {
@@ -209,4 +210,87 @@ async fn a_chat_with_a_logged_out_token_gets_401_and_costs_nothing() {
     );
     assert_eq!(setup.standin.requests(), 0);
     assert_eq!(setup.books().await.balance, 4000);
+}
+/// `events/chat.json` turned into any request to the chat function.
+fn request_event(token: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+    let mut event = chat_event(token, "", None);
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    event["path"] = json!(path);
+    event["httpMethod"] = json!(method);
+    event["requestContext"]["path"] = json!(format!("/prod{path}"));
+    event["requestContext"]["httpMethod"] = json!(method);
+    event["body"] = body.map_or(Value::Null, |b| json!(b.to_string()));
+    if let Some((k, v)) = query.split_once('=') {
+        event["queryStringParameters"] = json!({ k: v });
+        event["multiValueQueryStringParameters"] = json!({ k: [v] });
+    }
+    event
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_conversation_through_the_built_binary_is_priced_paged_and_deleted() {
+    let setup = setup(4000).await;
+    // Prices from the environment, as the template sets them.
+    let models = (
+        "MODELS",
+        "gemini-flash-latest=100,gemini-flash-lite-latest=25".to_owned(),
+    );
+    let _functions = setup.functions(2, &[models]);
+    let send = |body: Value| {
+        let runtime = setup.runtime.clone();
+        let event = request_event(&setup.token, "POST", "/api/chat/", Some(body));
+        async move { invoke(&runtime, event).await.http() }
+    };
+    let (status, first) =
+        send(json!({"message": "one", "model": "gemini-flash-lite-latest"})).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["tokens_remaining"], 3975);
+    let id = first["conversation_id"].as_str().unwrap().to_owned();
+    let (_, second) = send(json!({"message": "two"})).await;
+    assert_eq!(second["conversation_id"], id.as_str());
+    assert_eq!(second["tokens_remaining"], 3875);
+    let (_, third) = send(json!({"message": "three", "conversation_id": id})).await;
+    assert_eq!(third["conversation_id"], id.as_str());
+    let (status, other) = send(
+        json!({"message": "x", "conversation_id": shared::domain::ConversationId::new().as_str()}),
+    )
+    .await;
+    assert_eq!(status, 404, "{other}");
+
+    let get = |path: String| {
+        let runtime = setup.runtime.clone();
+        let event = request_event(&setup.token, "GET", &path, None);
+        async move { invoke(&runtime, event).await.http() }
+    };
+    let (status, page) = get(format!("/api/conversations/{id}/messages?limit=2")).await;
+    assert_eq!(status, 200, "{page}");
+    let texts: Vec<_> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message"].clone())
+        .collect();
+    assert_eq!(texts, [json!("one"), json!("two")]);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, rest) = get(format!("/api/conversations/{id}/messages/?cursor={cursor}")).await;
+    assert_eq!(rest["messages"][0]["message"], "three");
+    let (_, list) = get("/api/conversations".to_owned()).await;
+    assert_eq!(list["conversations"][0]["messages"], 3);
+
+    let delete = request_event(
+        &setup.token,
+        "DELETE",
+        &format!("/api/conversations/{id}/"),
+        None,
+    );
+    let deleted = invoke(&setup.runtime, delete).await;
+    let Outcome::Response(resp) = deleted else {
+        panic!("{deleted:?}")
+    };
+    assert_eq!(resp["statusCode"], 204);
+    let books = setup.books().await;
+    assert_eq!(
+        (books.settled, books.completed_chats, books.balance),
+        (225, 3, 3775)
+    );
 }

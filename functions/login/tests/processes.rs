@@ -211,6 +211,7 @@ async fn a_deleted_accounts_books_still_audit_clean() {
                 message: "a private question",
                 response: "a private answer",
                 model: "m",
+                title: "a private question",
                 usage: Default::default(),
                 balance: hold.balance,
             };

@@ -1,5 +1,6 @@
-//! `POST /api/chat/` `{"message"}` → `{"message", "response", "tokens_remaining"}`, or,
-//! with `Accept: text/event-stream`, the answer as Server-Sent Events as it is written:
+//! `POST /api/chat/` `{"message", "conversation_id"?, "model"?}` →
+//! `{"message", "response", "tokens_remaining", "conversation_id", "model"}`, or, with
+//! `Accept: text/event-stream`, the answer as Server-Sent Events as it is written:
 //! `start`, `delta`…, then `done` (or `error`).
 //!
 //! The handler parses the request, hands it to the chat service and renders what comes
@@ -10,13 +11,16 @@ use lambda_http::{
     Body, Error, Request, Response,
     http::{HeaderValue, Method, StatusCode, header},
 };
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
 use crate::{
     ApiError, ChatApp,
-    domain::ChatMessage,
+    domain::{ChatMessage, ConversationId},
     http::{self, StreamBody},
-    service::chat::{Answer, Begun, ChatRequest, ChatService, Outcome, Progress},
+    service::{
+        chat::{Answer, Begun, ChatRequest, ChatService, Outcome, Progress},
+        conversations::Choice,
+    },
 };
 
 pub async fn handle(chat_app: &ChatApp, req: Request) -> Result<Response<StreamBody>, Error> {
@@ -37,6 +41,13 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
         http::string_field(&body, "message")?,
         app.config.max_message_chars,
     )?;
+    let conversation = conversation_choice(&body)?;
+    let model = match body.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(model)) => Some(model.as_str()),
+        Some(_) => return Err(ApiError::invalid("model", "model must be a string.")),
+    };
+    let model = app.config.models.choose(model)?.clone();
     let streamed = http::wants_event_stream(req);
     // One read: the session checked, and the user item for the debit's guard. The debit
     // checks the session again in its own write, so a logout racing this chat holds.
@@ -48,7 +59,10 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
         user_key: authed.user_key,
         message,
         idempotency_key,
+        conversation,
+        model,
         guard,
+        last_conversation: authed.user.last_conversation.clone(),
     };
     let turn = match service.begin(request).await? {
         Begun::Started(turn) => turn,
@@ -110,12 +124,14 @@ fn service(chat_app: &ChatApp) -> ChatService<'_> {
     }
 }
 
-/// The original service's answer.
+/// The original service's answer, and the conversation and model it belongs to.
 fn answered(answer: &Answer) -> Response<Body> {
     let body = json!({
         "message": answer.message,
         "response": answer.response,
         "tokens_remaining": answer.tokens_remaining,
+        "conversation_id": answer.conversation_id,
+        "model": answer.model,
     });
     http::with_balance(http::json(StatusCode::OK, &body), answer.tokens_remaining)
 }
@@ -158,6 +174,19 @@ fn render_progress(progress: Progress) -> bytes::Bytes {
                 &json!({ "code": err.code(), "detail": err.to_string() }),
             )
         }
+    }
+}
+
+/// Absent: the latest conversation if recent; `null`: a new one; a string: that one.
+fn conversation_choice(body: &Map<String, Value>) -> Result<Choice, ApiError> {
+    match body.get("conversation_id") {
+        None => Ok(Choice::Latest),
+        Some(Value::Null) => Ok(Choice::New),
+        Some(Value::String(id)) => Ok(Choice::Given(ConversationId::parse(id)?)),
+        Some(_) => Err(ApiError::invalid(
+            "conversation_id",
+            "conversation_id must be a string or null.",
+        )),
     }
 }
 

@@ -1,33 +1,60 @@
-//! The endpoints. Each `handle` is what a function's `main` hands to the Lambda
-//! runtime: it never fails at the Lambda level, every outcome is an HTTP response.
+//! The endpoints. Each function's `main` hands every request to one entry point here
+//! (`register::handle`, `sessions::route`, [`chat_function`], [`tokens_function`]): it
+//! never fails at the Lambda level, every outcome is an HTTP response.
 
 pub mod chat;
+pub mod conversations;
 pub mod login;
+pub mod models;
 pub mod openapi;
 pub mod register;
 pub mod sessions;
 pub mod tokens;
 
+use lambda_http::{Body, Error, Request, RequestExt, Response};
+
 use aws_config::SdkConfig;
-use lambda_http::{Body, Error, Request, Response};
 
 use crate::{
     aws,
     config::{self, Config, GeminiConfig, Secret},
     error::{ApiError, BoxError},
     gemini::GeminiClient,
+    http,
     service::accounts::{Accounts, Authed},
     store::Store,
 };
 
-/// The tokens function: `/api/tokens/` and `/api/openapi.json`, both read-only.
+/// The request's path as the client sent it (without API Gateway's stage), with no
+/// trailing slash: every route works with and without one.
+fn route_path(req: &Request) -> String {
+    let raw = match req.raw_http_path() {
+        "" => req.uri().path(),
+        raw => raw,
+    };
+    raw.trim_end_matches('/').to_owned()
+}
+
+/// The chat function: `/api/chat/` and the history API under `/api/conversations/`.
+pub async fn chat_function(
+    chat_app: &ChatApp,
+    req: Request,
+) -> Result<Response<http::StreamBody>, Error> {
+    let path = route_path(&req);
+    if conversations::serves(&path) {
+        let resp = conversations::handle(&chat_app.app, req, &path).await;
+        return Ok(http::into_stream(resp));
+    }
+    chat::handle(chat_app, req).await
+}
+
+/// The tokens function: `/api/tokens/`, `/api/models/` and `/api/openapi.json`, all read-only.
 pub async fn tokens_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
-    if req
-        .uri()
-        .path()
-        .trim_end_matches('/')
-        .ends_with("/openapi.json")
-    {
+    let path = route_path(&req);
+    if path == "/api/models" {
+        return Ok(models::handle(app, req).await);
+    }
+    if path.ends_with("/openapi.json") {
         return Ok(openapi::handle(req).await);
     }
     tokens::handle(app, req).await

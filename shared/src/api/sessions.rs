@@ -15,7 +15,11 @@ use lambda_http::{
 };
 use serde_json::json;
 
-use crate::{ApiError, App, domain::Password, http};
+use crate::{
+    ApiError, App,
+    domain::{Invalid, Password},
+    http,
+};
 
 /// The login function's entry point: one function owns sessions and password hashes.
 pub async fn route(app: &App, req: Request) -> Result<Response<Body>, Error> {
@@ -97,9 +101,9 @@ async fn delete_account(app: &App, req: &Request) -> Result<Response<Body>, ApiE
 }
 
 /// Password rules speak of `password`; here the field is called something else.
-fn rename_field(err: ApiError, field: &'static str) -> ApiError {
+fn rename_field(err: Invalid, field: &'static str) -> Invalid {
     match err {
-        ApiError::InvalidField { message, .. } => ApiError::InvalidField {
+        Invalid::Field { message, .. } => Invalid::Field {
             field,
             message: message.replacen("password", field, 1),
         },

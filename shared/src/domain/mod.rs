@@ -3,7 +3,44 @@
 
 use std::fmt;
 
-use crate::error::ApiError;
+mod conversation;
+mod model;
+
+pub use conversation::{ConversationId, Model, ModelCatalogue, Title};
+pub use model::{InvalidModelName, ModelName, ThinkingFamily, ThinkingLevel};
+
+/// A value that breaks a rule. The HTTP layer turns it into its 400 (or, for
+/// [`Invalid::Credentials`], the login's 401).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// `field` breaks a rule; `message` says which, for people.
+    #[error("{message}")]
+    Field {
+        field: &'static str,
+        message: String,
+    },
+    /// A password too long to be anyone's: at login, answered like a wrong one.
+    #[error("invalid credentials")]
+    Credentials,
+}
+
+impl Invalid {
+    pub fn field(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Field {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// One earlier exchange of a conversation, as context for the next one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PastTurn {
+    /// What the user said.
+    pub message: String,
+    /// What the model answered.
+    pub response: String,
+}
 
 /// A username as the user typed it. Uniqueness is case-insensitive: [`Username::key`]
 /// is what the store indexes.
@@ -16,10 +53,10 @@ impl Username {
 
     /// Letters, digits and `@ . + - _` (the original service's rule, ASCII only so
     /// that case-insensitive comparison is unambiguous), 3 to 150 characters.
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let len = raw.chars().count();
         if !(Self::MIN_LEN..=Self::MAX_LEN).contains(&len) {
-            return Err(ApiError::invalid(
+            return Err(Invalid::field(
                 "username",
                 format!(
                     "username must be {} to {} characters long.",
@@ -32,7 +69,7 @@ impl Username {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "@.+-_".contains(c))
         {
-            return Err(ApiError::invalid(
+            return Err(Invalid::field(
                 "username",
                 "username may contain only letters, digits and @ . + - _ characters.",
             ));
@@ -63,10 +100,10 @@ impl Password {
     pub const MIN_LEN: usize = 8;
     pub const MAX_LEN: usize = 256;
 
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let len = raw.chars().count();
         if len < Self::MIN_LEN {
-            return Err(ApiError::invalid(
+            return Err(Invalid::field(
                 "password",
                 format!(
                     "password must be at least {} characters long.",
@@ -75,7 +112,7 @@ impl Password {
             ));
         }
         if len > Self::MAX_LEN {
-            return Err(ApiError::invalid(
+            return Err(Invalid::field(
                 "password",
                 format!(
                     "password must be at most {} characters long.",
@@ -88,12 +125,12 @@ impl Password {
 
     /// For login: any non-empty string within the length cap may be tried, so that
     /// accounts made under older rules can still sign in.
-    pub fn parse_for_login(raw: &str) -> Result<Self, ApiError> {
+    pub fn parse_for_login(raw: &str) -> Result<Self, Invalid> {
         if raw.is_empty() {
-            return Err(ApiError::invalid("password", "password is required."));
+            return Err(Invalid::field("password", "password is required."));
         }
         if raw.chars().count() > Self::MAX_LEN {
-            return Err(ApiError::InvalidCredentials);
+            return Err(Invalid::Credentials);
         }
         Ok(Self(raw.to_owned()))
     }
@@ -114,12 +151,12 @@ impl fmt::Debug for Password {
 pub struct ChatMessage(String);
 
 impl ChatMessage {
-    pub fn parse(raw: &str, max_chars: usize) -> Result<Self, ApiError> {
+    pub fn parse(raw: &str, max_chars: usize) -> Result<Self, Invalid> {
         if raw.trim().is_empty() {
-            return Err(ApiError::invalid("message", "message must not be empty."));
+            return Err(Invalid::field("message", "message must not be empty."));
         }
         if raw.chars().count() > max_chars {
-            return Err(ApiError::invalid(
+            return Err(Invalid::field(
                 "message",
                 format!("message must be at most {max_chars} characters long."),
             ));

@@ -10,7 +10,6 @@
 //! Tests point `base_url` at a local stand-in that speaks the same protocol; the code
 //! below is the code that talks to Google.
 
-mod model;
 mod stream;
 mod wire;
 
@@ -24,7 +23,7 @@ use reqwest::{
 
 use crate::{config::GeminiConfig, domain::Usage};
 
-pub use model::{InvalidModelName, ModelName, ThinkingFamily, ThinkingLevel};
+pub use crate::domain::{InvalidModelName, ModelName, ThinkingFamily, ThinkingLevel};
 pub use stream::{ReplyStream, StreamEvent};
 pub use wire::MAX_RETRY_DELAY;
 
@@ -134,13 +133,7 @@ pub struct Reply {
 }
 
 /// One earlier exchange of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Turn {
-    /// What the user said.
-    pub message: String,
-    /// What the model answered.
-    pub response: String,
-}
+pub use crate::domain::PastTurn as Turn;
 
 /// What to ask, of which model.
 #[derive(Debug, Clone, Copy)]

@@ -216,7 +216,7 @@ impl<'a> Accounts<'a> {
             self.forget(&name_key, ip_key.as_deref()),
         );
         if let Err(e) = forgot {
-            tracing::warn!(error = %crate::error::Chain(&e), "could not reset the failed-login counter");
+            tracing::warn!(error = %crate::telemetry::Chain(&e), "could not reset the failed-login counter");
         }
         if !added? {
             return Err(AccountError::InvalidCredentials); // deleted meanwhile
@@ -366,7 +366,7 @@ impl<'a> Accounts<'a> {
             return Err(AccountError::InvalidCredentials);
         }
         if let Err(e) = self.forget(&key, None).await {
-            tracing::warn!(error = %crate::error::Chain(&e), "could not reset the failed-login counter");
+            tracing::warn!(error = %crate::telemetry::Chain(&e), "could not reset the failed-login counter");
         }
         Ok(())
     }

@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use crate::{
     domain::Usage,
-    error::Chain,
     store::{
         self, ChargeState, ChatOutcome, Close, Debit, DebitGuard, OpenCharge, Store, UserItem,
         now_millis,
     },
+    telemetry::Chain,
 };
 
 /// Why an abandoned charge was refunded.
@@ -67,6 +67,8 @@ pub struct Answered<'a> {
     pub usage: Usage,
     /// The balance the answer reports.
     pub balance: u64,
+    /// The conversation's title, should this answer be its first.
+    pub title: &'a str,
 }
 
 /// The charge rules, over one store.
@@ -146,10 +148,16 @@ impl<'a> Charges<'a> {
             usage: answer.usage,
             balance: answer.balance,
         };
-        let (recorded, closed) = tokio::join!(
+        let (recorded, closed, touched) = tokio::join!(
             self.store.record_chat(charge, record),
             self.store.close_charge(charge, Close::Keep),
+            self.store
+                .touch_conversation(charge, answer.title, answer.model),
         );
+        if let Err(e) = touched {
+            // The answer stands; only the conversation's listing lags.
+            tracing::warn!(charge = %charge.id, error = %Chain(&e), "conversation not updated");
+        }
         match (recorded, closed) {
             (Ok(_), Ok(_)) => Ok(()),
             (Err(_), Ok(_)) => {
@@ -166,6 +174,19 @@ impl<'a> Charges<'a> {
                 Ok(())
             }
             (Err(_), Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// The chat stopped before the model was asked (its conversation is not the
+    /// user's): give the credits back, leaving no chat item. `false`: the close failed
+    /// and recovery refunds it.
+    pub async fn cancel(&self, hold: &Hold) -> bool {
+        match self.store.close_charge(&hold.charge, Close::GiveBack).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(charge = %hold.charge.id, error = %Chain(&e), "cancel failed; recovery will refund");
+                false
+            }
         }
     }
 

@@ -10,13 +10,18 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::charges::{Answered, ChargeError, Charges, Hold};
+use super::{
+    charges::{Answered, ChargeError, Charges, Hold},
+    conversations::{Choice, Conversations},
+};
 use crate::{
     config::Config,
-    domain::{ChatMessage, Usage},
-    error::Chain,
-    gemini::{self, GeminiClient, Prompt},
-    store::{self, ChargeState, Claim, DebitGuard, KeyOwner, OpenCharge, Store, now_millis},
+    domain::{ChatMessage, ConversationId, Model, Usage},
+    gemini::{self, GeminiClient, ModelName, Prompt},
+    store::{
+        self, ChargeState, Claim, DebitGuard, KeyOwner, OpenCharge, PastTurn, Store, now_millis,
+    },
+    telemetry::Chain,
 };
 
 /// What a chat turn produced. This is what an idempotency record keeps and replays.
@@ -59,6 +64,9 @@ pub enum ChatError {
     KeyReused,
     #[error("a request with this idempotency key is still running")]
     InProgress,
+    /// The conversation asked for is not one of the user's; nothing was charged.
+    #[error("no such conversation")]
+    NoConversation,
     /// The model failed; the charge was refunded.
     #[error("the model failed")]
     Model(#[source] gemini::Error),
@@ -111,8 +119,13 @@ pub struct ChatRequest {
     pub user_key: String,
     pub message: ChatMessage,
     pub idempotency_key: Option<String>,
+    pub conversation: Choice,
+    /// From the catalogue: its price is the chat's cost.
+    pub model: Model,
     /// The session and limits the debit checks in the same write.
     pub guard: DebitGuard,
+    /// The user's latest conversation, as the authentication read found it.
+    pub last_conversation: Option<(ConversationId, u64)>,
 }
 
 /// How a turn begins: afresh, or with the stored outcome of an earlier request with the
@@ -129,6 +142,9 @@ pub enum Begun {
 pub struct Turn {
     pub hold: Hold,
     pub message: ChatMessage,
+    pub model: Model,
+    /// The conversation's earlier turns, oldest first, within the context budget.
+    pub context: Vec<PastTurn>,
     key: Option<(String, KeyOwner)>,
 }
 
@@ -145,13 +161,22 @@ impl<'a> ChatService<'a> {
         Charges::new(self.store, self.config.charge_timeout)
     }
 
-    /// Claims the idempotency key (if any) and holds the credits.
+    pub fn conversations(&self) -> Conversations<'a> {
+        Conversations::new(self.store, &self.config.conversations)
+    }
+
+    /// Places the chat in its conversation, claims the idempotency key (if any) and
+    /// holds the credits. The conversation's check and its history are read alongside
+    /// the debit, so neither adds a round trip; a conversation that is not the user's
+    /// undoes the hold.
     pub async fn begin(&self, req: ChatRequest) -> Result<Begun, ChatError> {
+        let conversations = self.conversations();
+        let placement = conversations.place(req.conversation, req.last_conversation);
         let charge = OpenCharge {
             id: Uuid::now_v7().to_string(),
             user_key: req.user_key,
-            conversation_id: Uuid::now_v7().to_string(),
-            cost: self.config.chat_cost,
+            conversation_id: placement.id.as_str().to_owned(),
+            cost: req.model.cost,
             opened_at: now_millis(),
         };
         let owner = KeyOwner {
@@ -171,26 +196,63 @@ impl<'a> ChatService<'a> {
             }
         };
         let user = charge.user_key.clone();
-        match self.charges().hold(charge, &req.guard).await {
-            Ok(hold) => Ok(Begun::Started(Turn {
-                hold,
-                message: req.message,
-                key,
-            })),
+        let id = &placement.id;
+        let charges = self.charges();
+        let (held, exists, history) = tokio::join!(
+            charges.hold(charge, &req.guard),
+            async {
+                match placement.must_exist {
+                    true => self
+                        .store
+                        .conversation(&user, id)
+                        .await
+                        .map(|c| c.is_some()),
+                    false => Ok(true),
+                }
+            },
+            async {
+                match placement.has_history {
+                    true => conversations.context(&user, id).await,
+                    false => Ok(Vec::new()),
+                }
+            },
+        );
+        let hold = match held {
+            Ok(hold) => hold,
             Err(err) => {
                 if let Some((key, owner)) = &key {
                     self.release(&user, key, owner).await;
                 }
-                Err(err.into())
+                return Err(err.into());
             }
+        };
+        let stop = match (exists, history) {
+            (Ok(true), Ok(context)) => {
+                return Ok(Begun::Started(Turn {
+                    hold,
+                    message: req.message,
+                    model: req.model,
+                    context,
+                    key,
+                }));
+            }
+            (Ok(false), _) => ChatError::NoConversation,
+            (Err(e), _) | (_, Err(e)) => ChatError::Store(e),
+        };
+        // Nothing was asked: the credits go back and the key is free.
+        self.charges().cancel(&hold).await;
+        if let Some((key, owner)) = &key {
+            self.release(&user, key, owner).await;
         }
+        Err(stop)
     }
 
     /// The buffered turn: ask the model (recovering abandoned charges meanwhile) and end
     /// the turn with its reply.
     pub async fn ask(&self, turn: Turn) -> Result<Outcome, ChatError> {
         let charges = self.charges();
-        let prompt = Prompt::new(self.gemini.default_model(), turn.message.as_str());
+        let model = self.model_of(&turn)?;
+        let prompt = self.prompt(&turn, &model);
         let (reply, recovered) = tokio::join!(
             self.gemini.generate(&prompt),
             charges.recover(&turn.hold.abandoned),
@@ -206,7 +268,8 @@ impl<'a> ChatService<'a> {
     /// Opens the model's stream and waits for its first text. A failure before that is
     /// refunded and returned, so it can still be answered with an error status.
     pub async fn open_stream(&self, turn: Turn) -> Result<OpenStream, ChatError> {
-        let prompt = Prompt::new(self.gemini.default_model(), turn.message.as_str());
+        let model = self.model_of(&turn)?;
+        let prompt = self.prompt(&turn, &model);
         let mut stream = match self.gemini.stream(&prompt).await {
             Ok(stream) => stream,
             Err(err) => return Err(self.failed(turn, err).await),
@@ -235,7 +298,7 @@ impl<'a> ChatService<'a> {
             response: reply.text,
             tokens_remaining: hold.balance + recovered,
             conversation_id: hold.charge.conversation_id.clone(),
-            model: reply.model,
+            model: turn.model.id.clone(),
             cost: hold.charge.cost,
             usage: reply.usage,
             finish_reason: reply.finish_reason,
@@ -249,12 +312,14 @@ impl<'a> ChatService<'a> {
                     model: &answer.model,
                     usage: answer.usage,
                     balance: answer.tokens_remaining,
+                    title: Conversations::default_title(&answer.message).as_str(),
                 },
             )
             .await?;
         tracing::info!(
             user = %hold.charge.user_key, charge = %hold.charge.id, cost = hold.charge.cost,
             balance = answer.tokens_remaining, model = %answer.model,
+            served_by = %reply.model, context_turns = turn.context.len(),
             prompt_tokens = answer.usage.prompt_tokens, response_tokens = answer.usage.response_tokens,
             finish_reason = answer.finish_reason.as_deref().unwrap_or("-"),
             "chat answered"
@@ -295,8 +360,21 @@ impl<'a> ChatService<'a> {
         ChatError::Model(err)
     }
 
-    fn model_name(&self) -> String {
-        self.gemini.default_model().as_str().to_owned()
+    /// The turn's model as the client takes it (the catalogue's names are checked at
+    /// cold start, so this fails only on a configuration bug).
+    fn model_of(&self, turn: &Turn) -> Result<ModelName, ChatError> {
+        ModelName::parse(&turn.model.id)
+            .map_err(|e| store::Error::Corrupt(format!("model catalogue: {e}")).into())
+    }
+
+    /// What Gemini is asked: the conversation so far, the system instruction, the message.
+    fn prompt<'p>(&'p self, turn: &'p Turn, model: &'p ModelName) -> Prompt<'p> {
+        Prompt {
+            model,
+            system_instruction: self.config.conversations.system_instruction.as_deref(),
+            history: &turn.context,
+            message: turn.message.as_str(),
+        }
     }
 
     /// `Some(outcome)`: the key's first request already ended; replay it.
@@ -397,7 +475,7 @@ impl OpenStream {
         let hold = &turn.hold;
         report(Progress::Start {
             conversation_id: hold.charge.conversation_id.clone(),
-            model: service.model_name(),
+            model: turn.model.id.clone(),
             tokens_remaining: hold.balance,
         });
         let charges = service.charges();

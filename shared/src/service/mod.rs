@@ -4,3 +4,4 @@
 pub mod accounts;
 pub mod charges;
 pub mod chat;
+pub mod conversations;

@@ -328,12 +328,26 @@ impl Store {
             .key(PK, user_pk(&charge.user_key))
             .key(SK, s(PROFILE))
             .update_expression(match close {
-                Close::Keep => "ADD spent :cost REMOVE pending.#charge",
+                // The answered conversation becomes the one a chat without a
+                // conversation id continues.
+                Close::Keep => {
+                    "ADD spent :cost REMOVE pending.#charge SET last_conversation = :last"
+                }
                 Close::GiveBack => "ADD tokens :cost REMOVE pending.#charge",
             })
             .condition_expression("attribute_exists(pending.#charge)")
             .expression_attribute_names("#charge", &charge.id)
             .expression_attribute_values(":cost", n(charge.cost));
+        let update = match close {
+            Close::Keep => update.expression_attribute_values(
+                ":last",
+                AttributeValue::M(HashMap::from([
+                    ("id".to_owned(), s(&charge.conversation_id)),
+                    ("at".to_owned(), n(now_millis())),
+                ])),
+            ),
+            Close::GiveBack => update,
+        };
         match self.send("UpdateItem", || update.clone().send()).await {
             Ok(_) => Ok(true),
             Err(failure) => match failure.service_error("UpdateItem")? {

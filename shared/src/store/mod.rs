@@ -7,7 +7,11 @@
 //! | throttle | `THROTTLE#<kind>#<subject>[#<window>]` | `THROTTLE` | n, last_at, next_at (run counters), expires_at (TTL) |
 //! | chat    | `USER#<name key>`   | `CHAT#<conversation>#<charge uuidv7>`| conversation_id, message, response, model, cost, state, usage, balance, reason, created_at, settled_at |
 //! | idempotency | `USER#<name key>` | `IDEM#<client key>` | state, fingerprint, owner (charge id), conversation, started_at, outcome, expires_at (TTL) |
+//! | conversation | `USER#<name key>` | `CONV#<conversation uuid>` | conversation_id, title, model, created_at, updated_at (index `Conversations`), messages, last_charge |
+//!
+//! The user item also keeps `last_conversation` {id, at}: the latest answered conversation.
 
+mod conversations;
 mod credits;
 mod idempotency;
 mod retry;
@@ -22,13 +26,16 @@ use std::{
 use aws_config::{SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_dynamodb::{Client, types::AttributeValue};
 
+pub use conversations::{
+    CONVERSATIONS_INDEX, ConversationRecord, ConversationsAfter, Page, PastTurn,
+};
 pub use credits::{ChargeState, ChatOutcome, ChatRecord, Close, Debit, DebitGuard, OpenCharge};
 pub use idempotency::{Claim, KeyOwner};
 pub use retry::RetryPolicy;
 pub use throttle::Reservation;
 pub use users::{Ledger, SessionEntry, Tombstone, UserItem};
 
-use crate::error::BoxError;
+use crate::telemetry::BoxError;
 
 /// Attribute names of the key schema and of the TTL. The table itself is defined in
 /// `template.yaml` only; tests and local runs create theirs from it.

@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::{
 };
 
 use super::{Error, Item, PK, SK, Store, get_n, get_opt_s, get_s, n, now_millis, s, user_pk};
-use crate::domain::Username;
+use crate::domain::{ConversationId, Username};
 
 pub(crate) const PROFILE: &str = "PROFILE";
 
@@ -66,6 +66,8 @@ pub struct UserItem {
     pub has_sessions_map: bool,
     /// Chats started per minute window: (window, count).
     pub chat_windows: Vec<(u64, u64)>,
+    /// The latest answered conversation and when it was answered (millis).
+    pub last_conversation: Option<(ConversationId, u64)>,
     pub created_at: u64,
 }
 
@@ -116,6 +118,13 @@ fn user_item(user_key: &str, item: &Item) -> Result<UserItem, Error> {
         has_sessions_map: matches!(item.get("sessions"), Some(AttributeValue::M(_))),
         sessions,
         chat_windows,
+        last_conversation: match item.get("last_conversation") {
+            Some(AttributeValue::M(last)) => Some((
+                ConversationId::from_stored(get_s(last, "id")?),
+                get_n(last, "at")?,
+            )),
+            _ => None,
+        },
         created_at: get_n(item, "created_at").unwrap_or(0),
     })
 }

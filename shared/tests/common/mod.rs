@@ -26,7 +26,12 @@ pub fn config(table: &str) -> Config {
     Config {
         table_name: table.to_owned(),
         start_tokens: 4000,
-        chat_cost: 100,
+        models: shared::domain::ModelCatalogue::parse(
+            Config::DEFAULT_MODELS,
+            GeminiConfig::DEFAULT_MODEL,
+        )
+        .unwrap(),
+        conversations: Default::default(),
         token_ttl: Duration::from_secs(30 * 86_400),
         session_idle: Duration::from_secs(7 * 86_400),
         max_sessions: 20,
@@ -112,14 +117,26 @@ pub fn event_with(
         .map(|(k, v)| (k.clone(), json!([v])))
         .collect();
     let (body, encoded) = body.map_or((Value::Null, false), |(b, e)| (json!(b), e));
+    // A query string goes where API Gateway puts it, decoded.
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let (single, multi_query) = match pairs.is_empty() {
+        true => (Value::Null, Value::Null),
+        false => (
+            pairs.iter().map(|(k, v)| (k.clone(), json!(v))).collect(),
+            pairs.iter().map(|(k, v)| (k.clone(), json!([v]))).collect(),
+        ),
+    };
     let event = json!({
         "resource": path,
         "path": path,
         "httpMethod": method,
         "headers": headers,
         "multiValueHeaders": multi,
-        "queryStringParameters": null,
-        "multiValueQueryStringParameters": null,
+        "queryStringParameters": single,
+        "multiValueQueryStringParameters": multi_query,
         "pathParameters": null,
         "stageVariables": null,
         "requestContext": {
@@ -196,7 +213,7 @@ pub async fn chat(chat_app: &ChatApp, token: &str, message: &str) -> Response<Bo
 
 /// The chat handler's (streamed) response, read whole.
 pub async fn chat_request(chat_app: &ChatApp, req: Request) -> Response<Body> {
-    let resp = shared::api::chat::handle(chat_app, req).await.unwrap();
+    let resp = shared::api::chat_function(chat_app, req).await.unwrap();
     let (parts, body) = resp.into_parts();
     let bytes = body.collect().await;
     Response::from_parts(parts, Body::Binary(bytes.to_vec()))

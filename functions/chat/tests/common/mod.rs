@@ -106,7 +106,12 @@ impl Setup {
         let config = shared::Config {
             table_name: self.store.table().to_owned(),
             start_tokens: 4000,
-            chat_cost: 100,
+            models: shared::domain::ModelCatalogue::parse(
+                "gemini-flash-latest=100",
+                "gemini-flash-latest",
+            )
+            .unwrap(),
+            conversations: Default::default(),
             token_ttl: Duration::from_secs(86_400),
             session_idle: Duration::from_secs(86_400),
             max_sessions: 20,
