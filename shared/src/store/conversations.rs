@@ -18,10 +18,9 @@ use aws_sdk_dynamodb::{
 };
 
 use super::{
-    Error, Item, PK, SK, Store,
+    Error, Item, PK, PROFILE, SK, Store,
     credits::{chat_record, chat_sk},
     get_n, get_opt_s, get_s, n, now_millis, s, user_pk,
-    users::PROFILE,
 };
 use crate::{
     domain::ConversationId,

@@ -22,7 +22,7 @@ use aws_sdk_dynamodb::{
 };
 
 use super::{
-    Error, Item, PK, SK, Store, get_n, get_opt_s, get_s, n, now_millis, s, user_pk, users::PROFILE,
+    Error, Item, PK, PROFILE, SK, Store, get_n, get_opt_s, get_s, n, now_millis, s, user_pk,
 };
 use crate::domain::Usage;
 
@@ -423,7 +423,7 @@ impl Store {
 
     /// The anonymised chats of the deleted account `id`.
     pub async fn deleted_chats(&self, id: &str) -> Result<Vec<ChatRecord>, Error> {
-        self.chats_under(super::users::deleted_pk(id)).await
+        self.chats_under(super::deleted_pk(id)).await
     }
 
     async fn chats_under(&self, pk: AttributeValue) -> Result<Vec<ChatRecord>, Error> {

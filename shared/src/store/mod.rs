@@ -123,6 +123,14 @@ pub(crate) fn user_pk(user_key: &str) -> AttributeValue {
     AttributeValue::S(format!("USER#{user_key}"))
 }
 
+/// The sort key of a user item.
+pub(crate) const PROFILE: &str = "PROFILE";
+
+/// The partition of a deleted account's tombstone and anonymised charges.
+pub(crate) fn deleted_pk(id: &str) -> AttributeValue {
+    s(format!("DELETED#{id}"))
+}
+
 pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }

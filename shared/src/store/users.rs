@@ -9,10 +9,11 @@ use aws_sdk_dynamodb::{
     types::{AttributeValue, ReturnValuesOnConditionCheckFailure},
 };
 
-use super::{Error, Item, PK, SK, Store, get_n, get_opt_s, get_s, n, now_millis, s, user_pk};
+use super::{
+    Error, Item, PK, PROFILE, SK, Store, deleted_pk, get_n, get_opt_s, get_s, n, now_millis, s,
+    user_pk,
+};
 use crate::domain::{ConversationId, Username};
-
-pub(crate) const PROFILE: &str = "PROFILE";
 
 /// What the books of one account are checked against.
 #[derive(Debug)]
@@ -320,10 +321,6 @@ pub struct Tombstone {
 }
 
 const TOMBSTONE: &str = "ACCOUNT";
-
-pub(crate) fn deleted_pk(id: &str) -> AttributeValue {
-    s(format!("DELETED#{id}"))
-}
 
 /// Attributes of a chat item that hold what the user wrote or was told.
 const CHAT_TEXT: [&str; 2] = ["message", "response"];
