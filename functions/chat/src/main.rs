@@ -1,11 +1,35 @@
 //! The `chat` function: see `shared::api::chat`. It runs in Lambda's response-streaming
 //! mode, so an answer can go out as Server-Sent Events; a JSON answer is one piece.
 
+use std::time::{Duration, Instant};
+
 use lambda_http::{Error, run_with_streaming_response, service_fn};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let app = shared::ChatApp::from_env().await?;
-    run_with_streaming_response(service_fn(|req| shared::api::chat_function(&app, req))).await
+    // The runtime's loop ends when it can't deliver a response (a stream whose reader
+    // went away mid-write). The next invocation is no reason to die: start the loop again,
+    // unless it keeps failing at once (the Runtime API itself is gone).
+    let mut quick_failures = 0;
+    loop {
+        let started = Instant::now();
+        let Err(err) =
+            run_with_streaming_response(service_fn(|req| shared::api::chat_function(&app, req)))
+                .await
+        else {
+            return Ok(());
+        };
+        quick_failures = if started.elapsed() < Duration::from_secs(1) {
+            quick_failures + 1
+        } else {
+            0
+        };
+        if quick_failures >= 5 {
+            return Err(err);
+        }
+        lambda_http::tracing::error!(error = %err, "the runtime loop stopped; starting it again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
