@@ -6,6 +6,10 @@
 //! `cargo xtask bench-history [--runs N] CHAT_BINARY`: chat latency against a conversation
 //! of 10 and of 2,000 stored messages (see `bench_history.rs`).
 //!
+//! `cargo xtask bench-stream [--runs N] CHAT_BINARY`: how soon a streamed chat shows its
+//! first words against the same chat answered as JSON, and the DynamoDB round trips of an
+//! answered chat (see `bench_stream.rs`).
+//!
 //! `cargo xtask audit <username> [--table NAME]`: checks that the account's books
 //! balance (granted = balance + settled + open) on whatever DynamoDB the standard AWS
 //! environment points at (`AWS_ENDPOINT_URL_DYNAMODB` for DynamoDB Local). The table is
@@ -18,9 +22,10 @@ use std::process::ExitCode;
 use shared::{audit, domain::Username, store::Store};
 
 mod bench_history;
+mod bench_stream;
 mod cold_start;
 
-const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...\n       cargo xtask bench-history [--runs N] CHAT_BINARY";
+const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -29,6 +34,7 @@ async fn main() -> ExitCode {
         Some("audit") => audit_command(&args[1..]).await,
         Some("cold-start") => cold_start::run(&args[1..]).await,
         Some("bench-history") => bench_history::run(&args[1..]).await,
+        Some("bench-stream") => bench_stream::run(&args[1..]).await,
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
