@@ -47,6 +47,8 @@ pub enum ApiError {
     TokenExpired,
     #[error("Invalid username or password.")]
     InvalidCredentials,
+    #[error("The password is not right.")]
+    WrongPassword,
     #[error("No such {0}.")]
     NotFound(&'static str),
     #[error("A user with that username already exists.")]
@@ -96,6 +98,7 @@ impl ApiError {
             NotAuthenticated | InvalidToken | TokenExpired | InvalidCredentials => {
                 StatusCode::UNAUTHORIZED
             }
+            WrongPassword => StatusCode::FORBIDDEN,
             NotFound(_) => StatusCode::NOT_FOUND,
             UsernameTaken | IdempotencyInProgress | ChatsRunning => StatusCode::CONFLICT,
             Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -123,6 +126,7 @@ impl ApiError {
             InvalidToken => "invalid_token",
             TokenExpired => "token_expired",
             InvalidCredentials => "invalid_credentials",
+            WrongPassword => "wrong_password",
             NotFound(_) => "not_found",
             UsernameTaken => "username_taken",
             Throttled { what, .. } => what.code(),
@@ -230,6 +234,7 @@ pub(crate) fn account_error(err: AccountError, throttle: Throttle) -> ApiError {
         AccountError::InvalidToken => ApiError::InvalidToken,
         AccountError::TokenExpired => ApiError::TokenExpired,
         AccountError::InvalidCredentials => ApiError::InvalidCredentials,
+        AccountError::WrongPassword => ApiError::WrongPassword,
         AccountError::Throttled { retry_after } => ApiError::Throttled {
             what: throttle,
             retry_after,

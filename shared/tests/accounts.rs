@@ -148,7 +148,10 @@ async fn a_password_change_ends_every_other_session() {
     let second = second_token(&app, "john").await;
     let wrong = json!({"old_password": "not it at all", "new_password": "a new password"});
     let resp = call(&app, "POST", "/api/password/", Some(&first), Some(wrong)).await;
-    assert_eq!(resp.status(), 401);
+    // Not a 401: the token is good, and a client must not take it for a dead session.
+    assert_eq!(resp.status(), 403);
+    assert_eq!(json_of(&resp)["code"], "wrong_password");
+    assert_eq!(tokens_status(&app, &first).await.0, 200);
     assert_eq!(
         tokens_status(&app, &second).await.0,
         200,
@@ -344,7 +347,11 @@ async fn a_deleted_accounts_books_still_audit_clean() {
     let resp = chat_with_key(&chat_app, &token, "keyed secret", "k-1").await;
     assert_eq!(resp.status(), 200);
 
-    assert_eq!(delete(app, &token, "wrong password").await.status(), 401);
+    let wrong = delete(app, &token, "wrong password").await;
+    assert_eq!(
+        (wrong.status().as_u16(), json_of(&wrong)["code"].clone()),
+        (403, json!("wrong_password"))
+    );
     let resp = delete(app, &token, PASSWORD).await;
     assert_eq!(resp.status(), 200, "{}", json_of(&resp));
 
@@ -432,7 +439,7 @@ async fn wrong_passwords_behind_a_stolen_token_are_throttled_like_logins() {
             Some(wrong.clone()),
         )
         .await;
-        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.status(), 403);
     }
     let resp = call(&app, "POST", "/api/password/", Some(&token), Some(wrong)).await;
     assert_eq!(resp.status(), 429);

@@ -29,6 +29,10 @@ pub enum AccountError {
     TokenExpired,
     #[error("invalid username or password")]
     InvalidCredentials,
+    /// A signed-in user's password check failed (password change, account deletion): the
+    /// token is fine, so this must not read as a token problem.
+    #[error("wrong password")]
+    WrongPassword,
     #[error("too many attempts")]
     Throttled { retry_after: Duration },
     #[error("username taken")]
@@ -274,7 +278,7 @@ impl<'a> Accounts<'a> {
             .await?
         {
             // Changed by another request since this one read it.
-            return Err(AccountError::InvalidCredentials);
+            return Err(AccountError::WrongPassword);
         }
         tracing::info!(user = %authed.user_key, "password changed; other sessions ended");
         Ok(())
@@ -363,7 +367,7 @@ impl<'a> Accounts<'a> {
         let stored = Some(authed.user.password_hash.clone());
         if !auth::verify_password(stored, password).await? {
             self.failed(&key, attempts, now).await?;
-            return Err(AccountError::InvalidCredentials);
+            return Err(AccountError::WrongPassword);
         }
         if let Err(e) = self.forget(&key, None).await {
             tracing::warn!(error = %crate::telemetry::Chain(&e), "could not reset the failed-login counter");
