@@ -42,17 +42,23 @@ pub fn require_method(req: &Request, allowed: Method) -> Result<(), ApiError> {
 /// preflight, which this API never grants; form posts and bodies without a type are
 /// refused, so no page can register or log in on its visitors' behalf.
 pub fn json_body(req: &Request) -> Result<Map<String, Value>, ApiError> {
+    let bytes = body_bytes(req)?;
+    match media_type(req).as_deref() {
+        Some("application/json") => parse_json(bytes),
+        Some(other) => Err(ApiError::UnsupportedMediaType(other.to_owned())),
+        None => Err(ApiError::UnsupportedMediaType(String::new())),
+    }
+}
+
+/// The body, if it is within [`MAX_BODY_BYTES`].
+fn body_bytes(req: &Request) -> Result<&[u8], ApiError> {
     let bytes: &[u8] = req.body().as_ref();
     if bytes.len() > MAX_BODY_BYTES {
         return Err(ApiError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
         });
     }
-    match media_type(req).as_deref() {
-        Some("application/json") => parse_json(bytes),
-        Some(other) => Err(ApiError::UnsupportedMediaType(other.to_owned())),
-        None => Err(ApiError::UnsupportedMediaType(String::new())),
-    }
+    Ok(bytes)
 }
 
 /// The essence of `Content-Type`, lower-cased (`application/json` of
@@ -88,20 +94,8 @@ pub fn client_ip(req: &Request) -> Option<String> {
 /// `curl -d '{...}'` sends when `-H 'Content-Type: application/json'` is forgotten — is
 /// read as JSON. Any other declared type is refused with 415.
 pub fn json_object(req: &Request) -> Result<Map<String, Value>, ApiError> {
-    let bytes: &[u8] = req.body().as_ref();
-    if bytes.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge {
-            limit: MAX_BODY_BYTES,
-        });
-    }
-    let kind = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or("").to_ascii_lowercase());
-    let essence = kind
-        .as_deref()
-        .map(|k| k.split(';').next().unwrap_or("").trim());
-    match essence {
+    let bytes = body_bytes(req)?;
+    match media_type(req).as_deref() {
         None | Some("application/json") => parse_json(bytes),
         Some(e) if e.ends_with("+json") => parse_json(bytes),
         Some("application/x-www-form-urlencoded") if bytes.trim_ascii_start().starts_with(b"{") => {
