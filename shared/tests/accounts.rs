@@ -448,71 +448,26 @@ async fn wrong_passwords_behind_a_stolen_token_are_throttled_like_logins() {
     assert_eq!(login(&app, "John", PASSWORD).await.status(), 429);
 }
 
-/// A TCP relay in front of DynamoDB Local that notes the operation of every request
-/// (its `X-Amz-Target`), so a test can count a route's round trips.
-struct Counting {
-    endpoint: String,
-    seen: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Counting {
-    async fn start() -> Self {
-        let upstream = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap();
-        let upstream = upstream.trim_start_matches("http://").to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let log = seen.clone();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            while let Ok((mut client, _)) = listener.accept().await {
-                let (upstream, log) = (upstream.clone(), log.clone());
-                tokio::spawn(async move {
-                    let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
-                    let (mut cr, mut cw) = client.split();
-                    let (mut sr, mut sw) = server.into_split();
-                    let up = async {
-                        let mut buf = [0u8; 16 * 1024];
-                        while let Ok(n) = cr.read(&mut buf).await {
-                            if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                            log.lock()
-                                .unwrap()
-                                .push_str(&String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase());
-                        }
-                        let _ = sw.shutdown().await;
-                    };
-                    let down = tokio::io::copy(&mut sr, &mut cw);
-                    let _ = tokio::join!(up, down);
-                });
-            }
-        });
-        Self { endpoint, seen }
-    }
-
-    /// The operations sent since the last call, in order.
-    fn take(&self) -> Vec<String> {
-        let text = std::mem::take(&mut *self.seen.lock().unwrap());
-        text.split("x-amz-target: dynamodb_20120810.")
-            .skip(1)
-            .map(|rest| rest.split(['\r', '\n']).next().unwrap_or("").to_owned())
-            .collect()
-    }
-}
-
 #[tokio::test]
 async fn tokens_costs_one_read_and_chat_a_read_a_debit_and_the_settle() {
     let standin = GeminiStandIn::start().await;
     let direct = chat_app(&standin).await;
     let token = user_token(&direct.app, "john").await;
-    let relay = Counting::start().await;
+    // Counts what reaches DynamoDB: no faults set.
+    let relay = testkit::faults::FaultProxy::in_front_of_local().await;
+    let ops = || -> Vec<String> {
+        relay
+            .take_operations()
+            .iter()
+            .map(|op| op.to_ascii_lowercase())
+            .collect()
+    };
     // A config of the loaded one's parts, but without the environment's
     // service-specific endpoint (which would win over the relay).
     let loaded = shared::aws::config().await;
     let mut sdk = aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&relay.endpoint);
+        .endpoint_url(relay.url());
     sdk.set_region(loaded.region().cloned());
     sdk.set_credentials_provider(loaded.credentials_provider());
     sdk.set_http_client(loaded.http_client());
@@ -524,14 +479,14 @@ async fn tokens_costs_one_read_and_chat_a_read_a_debit_and_the_settle() {
     let chat_app = chat_app_on(app, gemini_config(&standin));
 
     assert_eq!(balance(&chat_app.app, &token).await, 4000);
-    assert_eq!(relay.take(), ["getitem"]);
+    assert_eq!(ops(), ["getitem"]);
     assert_eq!(chat(&chat_app, &token, "hello").await.status(), 200);
-    let mut ops = relay.take();
+    let mut ops_of_chat = ops();
     // The settle's three writes (the chat item, the close, the conversation) go side by
     // side, in any order; a new conversation has no history to read.
-    ops[2..].sort();
+    ops_of_chat[2..].sort();
     assert_eq!(
-        ops,
+        ops_of_chat,
         [
             "getitem",
             "updateitem",
@@ -542,7 +497,7 @@ async fn tokens_costs_one_read_and_chat_a_read_a_debit_and_the_settle() {
     );
     let resp = call(&chat_app.app, "GET", "/api/sessions/", Some(&token), None).await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(relay.take(), ["getitem"]);
+    assert_eq!(ops(), ["getitem"]);
 }
 
 #[tokio::test]

@@ -84,6 +84,8 @@ struct Shared {
     seed: AtomicU64,
     forwarded: AtomicUsize,
     injected: AtomicUsize,
+    /// Every request's operation, in arrival order, until [`FaultProxy::take_operations`].
+    operations: Mutex<Vec<String>>,
 }
 
 /// A running proxy. Dropping it stops the server.
@@ -116,6 +118,7 @@ impl FaultProxy {
             seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
             forwarded: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
+            operations: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -156,6 +159,12 @@ impl FaultProxy {
     /// Requests that reached DynamoDB Local.
     pub fn forwarded(&self) -> usize {
         self.shared.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// The operations asked for since the last call (`GetItem`, `UpdateItem`…), in the
+    /// order they arrived: what a test counts a route's DynamoDB calls by.
+    pub fn take_operations(&self) -> Vec<String> {
+        std::mem::take(&mut *self.shared.operations.lock().unwrap())
     }
 }
 
@@ -198,6 +207,7 @@ async fn handle(
         .and_then(|t| t.rsplit('.').next())
         .unwrap_or("")
         .to_owned();
+    shared.operations.lock().unwrap().push(operation.clone());
     let fault = shared.fault_for(&operation, &body);
     match fault {
         None => forward(&shared, method, &uri, &headers, body).await,
