@@ -12,10 +12,7 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::{
-    operation::update_item::UpdateItemError,
-    types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest},
-};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 
 use super::{
     Error, Item, PK, PROFILE, SK, Store,
@@ -123,13 +120,9 @@ impl Store {
             .expression_attribute_values(":now", n(now_millis()))
             .expression_attribute_values(":charge", s(&charge.id))
             .expression_attribute_values(":one", n(1));
-        match self.send("UpdateItem", || update.clone().send()).await {
-            Ok(_) => Ok(()),
-            Err(failure) => match failure.service_error("UpdateItem")? {
-                UpdateItemError::ConditionalCheckFailedException(_) => Ok(()),
-                e => Err(Error::dynamo("UpdateItem")(e)),
-            },
-        }
+        self.send_conditional("UpdateItem", || update.clone().send())
+            .await?;
+        Ok(())
     }
 
     /// The latest answered turns of a conversation, newest first: at most `turns` of
@@ -312,13 +305,13 @@ impl Store {
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":title", s(title))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
-        match self.send("UpdateItem", || update.clone().send()).await {
-            Ok(out) => out.attributes.as_ref().map(conversation_record).transpose(),
-            Err(failure) => match failure.service_error("UpdateItem")? {
-                UpdateItemError::ConditionalCheckFailedException(_) => Ok(None),
-                e => Err(Error::dynamo("UpdateItem")(e)),
-            },
-        }
+        // A failed condition: there is no such conversation.
+        self.send_conditional("UpdateItem", || update.clone().send())
+            .await?
+            .and_then(|out| out.attributes)
+            .as_ref()
+            .map(conversation_record)
+            .transpose()
     }
 
     /// Removes the text of every chat of a conversation, keeping each charge's record
@@ -396,13 +389,9 @@ impl Store {
             .update_expression("REMOVE last_conversation")
             .condition_expression("last_conversation.id = :id")
             .expression_attribute_values(":id", s(id.as_str()));
-        match self.send("UpdateItem", || forget.clone().send()).await {
-            Ok(_) => {}
-            Err(failure) => match failure.service_error("UpdateItem")? {
-                UpdateItemError::ConditionalCheckFailedException(_) => {}
-                e => return Err(Error::dynamo("UpdateItem")(e)),
-            },
-        }
+        // A failed condition: the pointer is on another conversation already.
+        self.send_conditional("UpdateItem", || forget.clone().send())
+            .await?;
         Ok(stripped)
     }
 

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::{
-    operation::{put_item::PutItemError, update_item::UpdateItemError},
+    operation::update_item::UpdateItemError,
     types::{AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure},
 };
 
@@ -309,13 +309,10 @@ impl Store {
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(pk)");
-        match self.send("PutItem", || put.clone().send()).await {
-            Ok(_) => Ok(true),
-            Err(failure) => match failure.service_error("PutItem")? {
-                PutItemError::ConditionalCheckFailedException(_) => Ok(false),
-                e => Err(Error::dynamo("PutItem")(e)),
-            },
-        }
+        Ok(self
+            .send_conditional("PutItem", || put.clone().send())
+            .await?
+            .is_some())
     }
 
     /// Closes `charge`: removes it from `pending` and keeps or gives back its cost, if
@@ -348,13 +345,10 @@ impl Store {
             ),
             Close::GiveBack => update,
         };
-        match self.send("UpdateItem", || update.clone().send()).await {
-            Ok(_) => Ok(true),
-            Err(failure) => match failure.service_error("UpdateItem")? {
-                UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
-                e => Err(Error::dynamo("UpdateItem")(e)),
-            },
-        }
+        Ok(self
+            .send_conditional("UpdateItem", || update.clone().send())
+            .await?
+            .is_some())
     }
 
     /// The states of the chat items of `charges` (one consistent `BatchGetItem`);

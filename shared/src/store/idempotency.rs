@@ -8,9 +8,7 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::{
-    operation::{
-        delete_item::DeleteItemError, put_item::PutItemError, update_item::UpdateItemError,
-    },
+    operation::put_item::PutItemError,
     types::{AttributeValue, ReturnValuesOnConditionCheckFailure},
 };
 
@@ -125,13 +123,10 @@ impl Store {
             .expression_attribute_values(":conv", s(&owner.conversation_id))
             .expression_attribute_values(":then", s(&stale.charge_id))
             .expression_attribute_values(":running", s("running"));
-        match self.send("UpdateItem", || update.clone().send()).await {
-            Ok(_) => Ok(true),
-            Err(failure) => match failure.service_error("UpdateItem")? {
-                UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
-                e => Err(Error::dynamo("UpdateItem")(e)),
-            },
-        }
+        Ok(self
+            .send_conditional("UpdateItem", || update.clone().send())
+            .await?
+            .is_some())
     }
 
     /// Stores the outcome of the request that owns the key. `Ok(false)`: the key is no
@@ -156,13 +151,10 @@ impl Store {
             .expression_attribute_values(":done", s("done"))
             .expression_attribute_values(":outcome", s(outcome))
             .expression_attribute_values(":me", s(&owner.charge_id));
-        match self.send("UpdateItem", || update.clone().send()).await {
-            Ok(_) => Ok(true),
-            Err(failure) => match failure.service_error("UpdateItem")? {
-                UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
-                e => Err(Error::dynamo("UpdateItem")(e)),
-            },
-        }
+        Ok(self
+            .send_conditional("UpdateItem", || update.clone().send())
+            .await?
+            .is_some())
     }
 
     /// Forgets the key, if `owner` still holds it: the request ended without a charge
@@ -183,12 +175,8 @@ impl Store {
             .condition_expression("#owner = :me")
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_values(":me", s(&owner.charge_id));
-        match self.send("DeleteItem", || delete.clone().send()).await {
-            Ok(_) => Ok(()),
-            Err(failure) => match failure.service_error("DeleteItem")? {
-                DeleteItemError::ConditionalCheckFailedException(_) => Ok(()),
-                e => Err(Error::dynamo("DeleteItem")(e)),
-            },
-        }
+        self.send_conditional("DeleteItem", || delete.clone().send())
+            .await?;
+        Ok(())
     }
 }

@@ -18,7 +18,10 @@ use std::{any::Any, future::Future, time::Duration};
 use aws_sdk_dynamodb::{
     config::http::HttpResponse,
     error::{ProvideErrorMetadata, SdkError},
-    operation::transact_write_items::TransactWriteItemsError,
+    operation::{
+        delete_item::DeleteItemError, put_item::PutItemError,
+        transact_write_items::TransactWriteItemsError, update_item::UpdateItemError,
+    },
 };
 use backon::{ExponentialBuilder, Retryable};
 
@@ -96,6 +99,52 @@ impl Store {
             Ok(Err(err)) if is_transient(&err) => Err(Failure::Exhausted(err)),
             Ok(Err(err)) => Err(Failure::Final(err)),
             Err(_) => Err(Failure::OutOfTime),
+        }
+    }
+}
+
+/// Service errors of a conditional write, which may say its condition failed.
+pub(crate) trait ConditionalWrite {
+    fn condition_failed(&self) -> bool;
+}
+
+impl ConditionalWrite for UpdateItemError {
+    fn condition_failed(&self) -> bool {
+        matches!(self, Self::ConditionalCheckFailedException(_))
+    }
+}
+
+impl ConditionalWrite for PutItemError {
+    fn condition_failed(&self) -> bool {
+        matches!(self, Self::ConditionalCheckFailedException(_))
+    }
+}
+
+impl ConditionalWrite for DeleteItemError {
+    fn condition_failed(&self) -> bool {
+        matches!(self, Self::ConditionalCheckFailedException(_))
+    }
+}
+
+impl Store {
+    /// [`Store::send`] for a conditional write whose failed condition needs no more
+    /// telling apart: `Some(output)` when it landed, `None` when its condition failed.
+    pub(crate) async fn send_conditional<T, E, F, Fut>(
+        &self,
+        op: &'static str,
+        call: F,
+    ) -> Result<Option<T>, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ConditionalWrite + ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match self.send(op, call).await {
+            Ok(out) => Ok(Some(out)),
+            Err(failure) => match failure.service_error(op)? {
+                e if e.condition_failed() => Ok(None),
+                e => Err(Error::dynamo(op)(e)),
+            },
         }
     }
 }

@@ -45,13 +45,10 @@ impl Store {
             .expression_attribute_values(":max", n(max))
             .expression_attribute_values(":now", n(now_millis()))
             .expression_attribute_values(":ttl", n(expires_at));
-        match self.send("UpdateItem", || update.clone().send()).await {
-            Ok(_) => Ok(true),
-            Err(failure) => match failure.service_error("UpdateItem")? {
-                UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
-                e => Err(Error::dynamo("UpdateItem")(e)),
-            },
-        }
+        Ok(self
+            .send_conditional("UpdateItem", || update.clone().send())
+            .await?
+            .is_some())
     }
 
     /// Reserves one attempt on a run counter (failed logins in a row for one name),
@@ -136,13 +133,10 @@ impl Store {
             .update_expression("SET next_at = :until")
             .condition_expression("attribute_exists(n)")
             .expression_attribute_values(":until", n(until));
-        match self.send("UpdateItem", || update.clone().send()).await {
-            Ok(_) => Ok(()),
-            Err(failure) => match failure.service_error("UpdateItem")? {
-                UpdateItemError::ConditionalCheckFailedException(_) => Ok(()), // reset meanwhile
-                e => Err(Error::dynamo("UpdateItem")(e)),
-            },
-        }
+        // A failed condition: the counter was reset meanwhile.
+        self.send_conditional("UpdateItem", || update.clone().send())
+            .await?;
+        Ok(())
     }
 
     /// Gives back one count taken with [`Store::take`] (an attempt that turned out not to
@@ -158,13 +152,9 @@ impl Store {
             .condition_expression("n > :zero")
             .expression_attribute_values(":minus_one", n(-1))
             .expression_attribute_values(":zero", n(0));
-        match self.send("UpdateItem", || update.clone().send()).await {
-            Ok(_) => Ok(()),
-            Err(failure) => match failure.service_error("UpdateItem")? {
-                UpdateItemError::ConditionalCheckFailedException(_) => Ok(()),
-                e => Err(Error::dynamo("UpdateItem")(e)),
-            },
-        }
+        self.send_conditional("UpdateItem", || update.clone().send())
+            .await?;
+        Ok(())
     }
 
     /// Forgets the counter `key`.

@@ -226,7 +226,10 @@ impl Store {
             expression.push_str(&format!(" REMOVE {}", paths.join(", ")));
         }
         let update = update.update_expression(expression);
-        conditional(self.send("UpdateItem", || update.clone().send()).await)
+        Ok(self
+            .send_conditional("UpdateItem", || update.clone().send())
+            .await?
+            .is_some())
     }
 
     /// Ends the sessions `ids` of `user_key` (all of them if `ids` is `None`).
@@ -254,7 +257,10 @@ impl Store {
                 update.update_expression(format!("REMOVE {}", paths.join(", ")))
             }
         };
-        conditional(self.send("UpdateItem", || update.clone().send()).await)
+        Ok(self
+            .send_conditional("UpdateItem", || update.clone().send())
+            .await?
+            .is_some())
     }
 
     /// Replaces the password hash if it is still `old_hash`, keeping only the session
@@ -281,7 +287,10 @@ impl Store {
                 ":sessions",
                 AttributeValue::M(HashMap::from([(keep.id.clone(), keep.value())])),
             );
-        conditional(self.send("UpdateItem", || update.clone().send()).await)
+        Ok(self
+            .send_conditional("UpdateItem", || update.clone().send())
+            .await?
+            .is_some())
     }
 
     /// Credits granted, the balance and the open charges, read in one consistent read.
@@ -292,19 +301,6 @@ impl Store {
             spent: user.spent,
             open: user.open,
         }))
-    }
-}
-
-/// `Ok(true)` for a write that landed, `Ok(false)` for a failed condition.
-fn conditional<T>(
-    result: Result<T, super::retry::Failure<UpdateItemError>>,
-) -> Result<bool, Error> {
-    match result {
-        Ok(_) => Ok(true),
-        Err(failure) => match failure.service_error("UpdateItem")? {
-            UpdateItemError::ConditionalCheckFailedException(_) => Ok(false),
-            e => Err(Error::dynamo("UpdateItem")(e)),
-        },
     }
 }
 
@@ -442,13 +438,10 @@ impl Store {
             .key(SK, s(PROFILE))
             .condition_expression("deleting = :id")
             .expression_attribute_values(":id", s(id));
-        match self.send("DeleteItem", || delete.clone().send()).await {
-            Ok(_) => Ok(true),
-            Err(failure) => match failure.service_error("DeleteItem")? {
-                aws_sdk_dynamodb::operation::delete_item::DeleteItemError::ConditionalCheckFailedException(_) => Ok(false),
-                e => Err(Error::dynamo("DeleteItem")(e)),
-            },
-        }
+        Ok(self
+            .send_conditional("DeleteItem", || delete.clone().send())
+            .await?
+            .is_some())
     }
 
     /// The books of a deleted account.
