@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 use shared::{ChatApp, http::StreamBody, store::ChargeState};
-use testkit::{Behavior, gemini::Pacing};
+use testkit::{Behavior, gemini::Pacing, sse::SseReader};
 
 /// A streamed chat: the response's status, headers and its still-open body.
 async fn stream_chat(
@@ -32,27 +32,13 @@ async fn stream_chat(
 
 /// Server-Sent Events as they arrive: `(name, data, arrival)`.
 async fn read_events(body: &mut StreamBody, until: Option<usize>) -> Vec<(String, Value, Instant)> {
-    let mut events = Vec::new();
-    let mut pending = String::new();
+    let (mut events, mut reader) = (Vec::new(), SseReader::default());
     while until.is_none_or(|n| events.len() < n) {
         let Some(chunk) = body.next_chunk().await else {
             break;
         };
         let at = Instant::now();
-        pending.push_str(std::str::from_utf8(&chunk).unwrap());
-        while let Some(end) = pending.find("\n\n") {
-            let block: String = pending.drain(..end + 2).collect();
-            let field = |name: &str| {
-                block
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(str::trim)
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let data = serde_json::from_str(&field("data:")).unwrap();
-            events.push((field("event:"), data, at));
-        }
+        events.extend(reader.push(&chunk).into_iter().map(|(n, d)| (n, d, at)));
     }
     events
 }

@@ -14,6 +14,7 @@ pub mod events;
 pub mod faults;
 pub mod gemini;
 pub mod runtime;
+pub mod sse;
 pub mod table;
 
 pub use gemini::{Behavior, GeminiStandIn, Pacing};

@@ -12,6 +12,7 @@ use testkit::{
     Behavior,
     gemini::Pacing,
     runtime::{Chunk, StreamEnd, StreamingInvocation},
+    sse::SseReader,
 };
 
 /// `events/chat.json` asking for Server-Sent Events.
@@ -27,29 +28,12 @@ async fn events(
     stream: &mut StreamingInvocation,
     until: Option<usize>,
 ) -> Vec<(String, Value, Instant)> {
-    let mut events = Vec::new();
-    let mut pending = String::new();
+    let (mut events, mut reader) = (Vec::new(), SseReader::default());
     while until.is_none_or(|n| events.len() < n) {
         let Some(Chunk { bytes, at }) = stream.next_chunk().await else {
             break;
         };
-        pending.push_str(std::str::from_utf8(&bytes).unwrap());
-        while let Some(end) = pending.find("\n\n") {
-            let block: String = pending.drain(..end + 2).collect();
-            let field = |name: &str| {
-                block
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_owned()
-            };
-            events.push((
-                field("event:"),
-                serde_json::from_str(&field("data:")).unwrap(),
-                at,
-            ));
-        }
+        events.extend(reader.push(&bytes).into_iter().map(|(n, d)| (n, d, at)));
     }
     events
 }
