@@ -16,7 +16,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -86,6 +86,8 @@ struct Shared {
     injected: AtomicUsize,
     /// Every request's operation, in arrival order, until [`FaultProxy::take_operations`].
     operations: Mutex<Vec<String>>,
+    /// When the latest answer was handed back to the caller.
+    last_answer: Mutex<Option<Instant>>,
 }
 
 /// A running proxy. Dropping it stops the server.
@@ -119,6 +121,7 @@ impl FaultProxy {
             forwarded: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
             operations: Mutex::new(Vec::new()),
+            last_answer: Mutex::new(None),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -166,6 +169,12 @@ impl FaultProxy {
     pub fn take_operations(&self) -> Vec<String> {
         std::mem::take(&mut *self.shared.operations.lock().unwrap())
     }
+
+    /// When the proxy last handed an answer back to its caller: for a process whose last
+    /// DynamoDB call precedes its response, a moment before that response's last byte.
+    pub fn last_answer_at(&self) -> Option<Instant> {
+        *self.shared.last_answer.lock().unwrap()
+    }
 }
 
 impl Shared {
@@ -200,6 +209,18 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let answer = answer(&shared, method, uri, headers, body).await;
+    *shared.last_answer.lock().unwrap() = Some(Instant::now());
+    answer
+}
+
+async fn answer(
+    shared: &Shared,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     // `X-Amz-Target: DynamoDB_20120810.UpdateItem`
     let operation = headers
         .get("x-amz-target")
@@ -210,15 +231,15 @@ async fn handle(
     shared.operations.lock().unwrap().push(operation.clone());
     let fault = shared.fault_for(&operation, &body);
     match fault {
-        None => forward(&shared, method, &uri, &headers, body).await,
+        None => forward(shared, method, &uri, &headers, body).await,
         Some(Fault::Delay(pause)) => {
             shared.injected.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(pause).await;
-            forward(&shared, method, &uri, &headers, body).await
+            forward(shared, method, &uri, &headers, body).await
         }
         Some(Fault::AppliedThenLost) => {
             shared.injected.fetch_add(1, Ordering::SeqCst);
-            let _ = forward(&shared, method, &uri, &headers, body).await;
+            let _ = forward(shared, method, &uri, &headers, body).await;
             aws_error(500, "InternalServerError", "Internal server error")
         }
         Some(fault) => {
