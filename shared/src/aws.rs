@@ -1,14 +1,22 @@
 //! The AWS SDK configuration, loaded once per cold start and shared by every client.
 
 use aws_config::{BehaviorVersion, SdkConfig};
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
 
 /// Region, credentials and endpoints from the standard AWS environment (including
 /// `AWS_ENDPOINT_URL_DYNAMODB` for DynamoDB Local), speaking TLS through rustls with
 /// ring rather than the SDK's default aws-lc: a smaller binary and a much faster build.
+/// It trusts the compiled-in roots the Gemini client trusts ([`crate::tls`]), not the
+/// system store, which it would read from disk at every cold start.
 pub async fn config() -> SdkConfig {
+    let trust = TrustStore::empty().with_pem_certificate(crate::tls::roots_pem());
+    let tls = TlsContext::builder()
+        .with_trust_store(trust)
+        .build()
+        .expect("a trust store of PEM roots builds");
     let https = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .tls_context(tls)
         .build_https();
     aws_config::defaults(BehaviorVersion::latest())
         .http_client(https)
