@@ -9,7 +9,7 @@ use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provi
 /// It trusts the compiled-in roots the Gemini client trusts ([`crate::tls`]), not the
 /// system store, which it would read from disk at every cold start.
 pub async fn config() -> SdkConfig {
-    let trust = TrustStore::empty().with_pem_certificate(crate::tls::roots_pem());
+    let trust = TrustStore::empty().with_pem_certificate(crate::tls::aws_roots_pem());
     let tls = TlsContext::builder()
         .with_trust_store(trust)
         .build()

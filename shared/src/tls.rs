@@ -11,6 +11,14 @@
 //! moves with Lambda's base image. The two services' roots are in it and checked by a
 //! test below: Amazon Trust Services (every AWS endpoint) and Google Trust Services
 //! (`generativelanguage.googleapis.com`).
+//!
+//! The AWS SDK's client gets only Amazon Trust Services' roots (Amazon Root CA 1–4 and
+//! the Starfield root that cross-signs them), the CAs of every AWS service endpoint since
+//! AWS moved them all to its own certificates. It takes roots only as PEM, which it then
+//! decodes and parses again: the whole set cost ~2 ms of CPU at every cold start (a
+//! function's init went from ~6 to ~4 ms), five roots cost next to nothing. Pointing the
+//! SDK at a TLS endpoint under another CA (a proxy in front of DynamoDB) would need those
+//! roots added here. Gemini's client keeps the whole set: its base URL is configurable.
 
 use std::sync::Arc;
 
@@ -42,11 +50,27 @@ pub fn client_config() -> ClientConfig {
     config
 }
 
-/// The roots as PEM: the AWS SDK's HTTPS client takes its trust store in no other form.
-pub fn roots_pem() -> String {
+/// Amazon Trust Services' roots (and Starfield's, which cross-signs them), as PEM (the
+/// AWS SDK's HTTPS client takes its trust store in no other form): what every AWS service
+/// endpoint's certificate chains to, and all that client is given (see the module's notes).
+pub fn aws_roots_pem() -> String {
+    // A root's name is in its DER (as subject and as issuer); no other root names these.
+    let names = AWS_ROOTS.map(memchr::memmem::Finder::new);
+    pem(roots()
+        .iter()
+        .filter(|cert| names.iter().any(|name| name.find(cert.as_ref()).is_some())))
+}
+
+/// Amazon Root CA 1 to 4, and the Starfield root that cross-signs them.
+const AWS_ROOTS: [&str; 2] = [
+    "Amazon Root CA ",
+    "Starfield Services Root Certificate Authority - G2",
+];
+
+fn pem<'a>(certs: impl Iterator<Item = &'a CertificateDer<'static>>) -> String {
     let base64 = base64::engine::general_purpose::STANDARD;
     let mut pem = String::new();
-    for cert in roots() {
+    for cert in certs {
         pem.push_str("-----BEGIN CERTIFICATE-----\n");
         pem.push_str(&base64.encode(cert.as_ref()));
         pem.push_str("\n-----END CERTIFICATE-----\n");
@@ -98,9 +122,34 @@ mod tests {
             "a compiled-in root did not parse"
         );
         let from_pem: Vec<CertificateDer<'static>> =
-            rustls::pki_types::pem::PemObject::pem_slice_iter(roots_pem().as_bytes())
+            rustls::pki_types::pem::PemObject::pem_slice_iter(pem(roots().iter()).as_bytes())
                 .collect::<Result<_, _>>()
                 .expect("valid PEM");
         assert_eq!(from_pem, roots());
+    }
+
+    /// Amazon Root CA 1 to 4 and the Starfield root, and nothing else: a name match that
+    /// went wrong would either leave AWS endpoints untrusted or hand the SDK the whole set.
+    #[test]
+    fn the_aws_client_trusts_amazon_trust_services_roots_only() {
+        let certs: Vec<CertificateDer<'static>> =
+            rustls::pki_types::pem::PemObject::pem_slice_iter(aws_roots_pem().as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("valid PEM");
+        let mut store = RootCertStore::empty();
+        store.add_parsable_certificates(certs);
+        let mut subjects = subjects(&store);
+        subjects.sort();
+        let expected = [
+            "Amazon Root CA 1",
+            "Amazon Root CA 2",
+            "Amazon Root CA 3",
+            "Amazon Root CA 4",
+            "Starfield Services Root Certificate Authority - G2",
+        ];
+        assert_eq!(subjects.len(), expected.len(), "{subjects:?}");
+        for (subject, name) in subjects.iter().zip(expected) {
+            assert!(subject.contains(name), "{subject:?} is not {name}");
+        }
     }
 }
