@@ -1,6 +1,9 @@
 //! The AWS SDK configuration, loaded once per cold start and shared by every client.
 
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::{
+    BehaviorVersion, SdkConfig,
+    environment::{EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider},
+};
 use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
 
 /// Region, credentials and endpoints from the standard AWS environment (including
@@ -18,10 +21,24 @@ pub async fn config() -> SdkConfig {
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .tls_context(tls)
         .build_https();
-    aws_config::defaults(BehaviorVersion::latest())
-        .http_client(https)
-        .load()
-        .await
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https);
+    // On Lambda (and under `sam local`) the role's credentials and the region are in the
+    // environment, the first place the default chains look. Naming those providers when
+    // the variables are there skips building the rest of the chains (profile, SSO, web
+    // identity, container, IMDS): ~0.5 ms of a ~3 ms init. Without them (a profile or SSO
+    // user running locally) the default chains stay in charge.
+    if is_set("AWS_ACCESS_KEY_ID") && is_set("AWS_SECRET_ACCESS_KEY") {
+        loader = loader.credentials_provider(EnvironmentVariableCredentialsProvider::new());
+    }
+    if is_set("AWS_REGION") || is_set("AWS_DEFAULT_REGION") {
+        loader = loader.region(EnvironmentVariableRegionProvider::new());
+    }
+    loader.load().await
+}
+
+/// A variable the environment providers would take (set and not blank).
+fn is_set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.to_string_lossy().trim().is_empty())
 }
 
 /// Reads a SecureString from SSM Parameter Store, decrypted.
