@@ -5,8 +5,9 @@
 //!
 //! - **init**: from spawning the process to its first `GET .../invocation/next` (the end
 //!   of Lambda's init phase): runtime start-up, configuration, SDK and HTTP clients. The
-//!   median of `--spawns` (default 9) fresh processes per binary, interleaved round by
-//!   round so that the machine's load drifts over all binaries alike.
+//!   median of `--spawns` (default 15) fresh processes per binary, interleaved round by
+//!   round (each round in a rotated order) so that the machine's load drifts over all
+//!   binaries alike.
 //! - **first request**: that fresh process's first invocation, from queueing it to the
 //!   emulator holding the whole response — where init work put off until first use
 //!   would show.
@@ -45,9 +46,11 @@ use crate::bench_stream::chat_event;
 const BINARIES: [&str; 5] = ["hello-world", "register", "login", "chat", "tokens"];
 /// Longest wait for any one step.
 const PATIENCE: Duration = Duration::from_secs(60);
+/// Pause before each timed start.
+const SETTLE: Duration = Duration::from_millis(50);
 
 pub async fn run(args: &[String]) -> ExitCode {
-    let (mut spawns, mut warm, mut gap_runs, mut dir) = (9usize, 200usize, 100usize, None);
+    let (mut spawns, mut warm, mut gap_runs, mut dir) = (15usize, 200usize, 100usize, None);
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut number = |default| args.next().and_then(|n| n.parse().ok()).unwrap_or(default);
@@ -119,8 +122,13 @@ async fn bench(dir: &Path, spawns: usize, warm: usize, gap_runs: usize) -> Resul
         })
         .collect();
     let mut request = 0usize;
-    for _ in 0..spawns {
-        for (i, name) in BINARIES.iter().enumerate() {
+    for round in 0..spawns {
+        // Each round starts with the next binary, so that none always follows the same
+        // one (and the work DynamoDB Local is still doing for it).
+        for i in (0..BINARIES.len()).map(|k| (round + k) % BINARIES.len()) {
+            let name = BINARIES[i];
+            // Let the previous process's aftermath settle before timing the next start.
+            tokio::time::sleep(SETTLE).await;
             // A fresh emulator per process, so its first poll is this process's.
             let runtime = RuntimeApi::start().await;
             let spawned = Instant::now();
