@@ -9,6 +9,10 @@
 //!
 //! The error bodies are DynamoDB's JSON 1.0 protocol errors, so the SDK parses them as
 //! it would on AWS (`__type` names the exception).
+//!
+//! A [`Hold`] stops matching requests at the proxy until the test releases them: the
+//! way to land another request in between a request's read and its write, on purpose
+//! and every time.
 
 use std::{
     net::SocketAddr,
@@ -27,7 +31,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 /// What a matched request gets instead of DynamoDB's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +90,40 @@ struct Shared {
     injected: AtomicUsize,
     /// Every request's operation, in arrival order, until [`FaultProxy::take_operations`].
     operations: Mutex<Vec<String>>,
+    holds: Mutex<Vec<Arc<HoldState>>>,
+}
+
+/// Requests held at the proxy until [`Hold::release`] (or until the `Hold` is dropped,
+/// so a failing test can't leave them hanging).
+pub struct Hold {
+    state: Arc<HoldState>,
+}
+
+struct HoldState {
+    operation: &'static str,
+    body_contains: &'static str,
+    /// How many matching requests have arrived.
+    arrived: watch::Sender<usize>,
+    released: watch::Sender<bool>,
+}
+
+impl Hold {
+    /// Waits until `count` matching requests are being held (or were, before a release).
+    pub async fn arrived(&self, count: usize) {
+        let mut arrived = self.state.arrived.subscribe();
+        let _ = arrived.wait_for(|n| *n >= count).await;
+    }
+
+    /// Lets the held requests, and any later ones, go on to DynamoDB Local.
+    pub fn release(&self) {
+        self.state.released.send_replace(true);
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// A running proxy. Dropping it stops the server.
@@ -119,6 +157,7 @@ impl FaultProxy {
             forwarded: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
             operations: Mutex::new(Vec::new()),
+            holds: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -149,6 +188,19 @@ impl FaultProxy {
 
     pub fn set_rules(&self, rules: impl IntoIterator<Item = Rule>) {
         *self.shared.rules.lock().unwrap() = rules.into_iter().collect();
+    }
+
+    /// Holds `operation` requests whose body contains `body_contains` at the proxy, unsent,
+    /// until the returned [`Hold`] is released.
+    pub fn hold(&self, operation: &'static str, body_contains: &'static str) -> Hold {
+        let state = Arc::new(HoldState {
+            operation,
+            body_contains,
+            arrived: watch::Sender::new(0),
+            released: watch::Sender::new(false),
+        });
+        self.shared.holds.lock().unwrap().push(state.clone());
+        Hold { state }
     }
 
     /// Requests answered with a fault so far (applied-then-lost ones included).
@@ -208,6 +260,21 @@ async fn handle(
         .unwrap_or("")
         .to_owned();
     shared.operations.lock().unwrap().push(operation.clone());
+    let hold = {
+        let text = String::from_utf8_lossy(&body);
+        shared
+            .holds
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|h| h.operation == operation && text.contains(h.body_contains))
+            .cloned()
+    };
+    if let Some(hold) = hold {
+        let mut released = hold.released.subscribe();
+        hold.arrived.send_modify(|n| *n += 1);
+        let _ = released.wait_for(|open| *open).await;
+    }
     let fault = shared.fault_for(&operation, &body);
     match fault {
         None => forward(&shared, method, &uri, &headers, body).await,
