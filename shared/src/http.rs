@@ -168,7 +168,8 @@ pub fn idempotency_key(req: &Request) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// A JSON response. Bodies are per-user data, so nothing may cache them.
+/// A JSON response (the headers every response carries come from
+/// [`with_common_headers`]).
 pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     json_text(
         status,
@@ -180,16 +181,26 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
 pub fn json_text(status: StatusCode, text: String) -> Response<Body> {
     let mut resp = Response::new(Body::Text(text));
     *resp.status_mut() = status;
-    let headers = resp.headers_mut();
-    headers.insert(
+    resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The headers every response carries, whichever route built it: each function's entry
+/// point passes its answer through here, so a new route can't forget them. Browsers
+/// must not guess a type other than the declared one (`nosniff`), and bodies are
+/// per-user data that nothing may cache unless a route says otherwise.
+pub fn with_common_headers<B>(mut resp: Response<B>) -> Response<B> {
+    let headers = resp.headers_mut();
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     resp
 }
 

@@ -13,8 +13,11 @@ use crate::{
     http,
 };
 
+/// The register function's entry point.
 pub async fn handle(app: &App, req: Request) -> Result<Response<Body>, Error> {
-    Ok(http::respond(register(app, &req).await))
+    Ok(http::with_common_headers(http::respond(
+        register(app, &req).await,
+    )))
 }
 
 async fn register(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
