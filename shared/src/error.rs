@@ -13,7 +13,9 @@ use crate::{
     domain::Invalid,
     gemini,
     service::{
-        accounts::AccountError, charges::ChargeError, chat::ChatError,
+        accounts::{AccountError, Limit},
+        charges::ChargeError,
+        chat::ChatError,
         conversations::ConversationError,
     },
     store,
@@ -190,10 +192,14 @@ impl ApiError {
 /// What a 429 throttles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Throttle {
-    /// Failed logins, per username or per client address: one answer for both, so the
-    /// response never tells which (nor whether the name exists).
+    /// Failed logins, per (username, network), per username or per client address: one
+    /// answer for all, so the response never tells which (nor whether the name exists).
     Login,
+    /// Wrong passwords given through one session (password change, account deletion).
+    WrongPasswords,
     Register,
+    /// Every address's registrations together, this hour.
+    RegisterBudget,
     ChatsInFlight,
     ChatRate,
 }
@@ -202,8 +208,14 @@ impl Throttle {
     fn detail(self) -> &'static str {
         match self {
             Self::Login => "Too many failed logins; wait as long as Retry-After says.",
+            Self::WrongPasswords => {
+                "Too many wrong passwords through this session; wait as long as Retry-After says."
+            }
             Self::Register => {
                 "Too many registrations from this address; wait as long as Retry-After says."
+            }
+            Self::RegisterBudget => {
+                "New accounts are paused for now; try again after Retry-After seconds."
             }
             Self::ChatsInFlight => {
                 "Too many chats at once; wait for one to finish. You were not charged."
@@ -215,7 +227,9 @@ impl Throttle {
     fn code(self) -> &'static str {
         match self {
             Self::Login => "too_many_failed_logins",
+            Self::WrongPasswords => "too_many_wrong_passwords",
             Self::Register => "too_many_registrations",
+            Self::RegisterBudget => "registrations_paused",
             Self::ChatsInFlight => "too_many_chats_in_flight",
             Self::ChatRate => "chat_rate_exceeded",
         }
@@ -228,27 +242,27 @@ impl From<auth::Error> for ApiError {
     }
 }
 
-/// Throttled login and register answers; which of the two is decided by the caller.
-pub(crate) fn account_error(err: AccountError, throttle: Throttle) -> ApiError {
-    match err {
-        AccountError::InvalidToken => ApiError::InvalidToken,
-        AccountError::TokenExpired => ApiError::TokenExpired,
-        AccountError::InvalidCredentials => ApiError::InvalidCredentials,
-        AccountError::WrongPassword => ApiError::WrongPassword,
-        AccountError::Throttled { retry_after } => ApiError::Throttled {
-            what: throttle,
-            retry_after,
-        },
-        AccountError::UsernameTaken => ApiError::UsernameTaken,
-        AccountError::ChatsRunning => ApiError::ChatsRunning,
-        AccountError::Store(e) => e.into(),
-        AccountError::Internal(e) => e.into(),
-    }
-}
-
 impl From<AccountError> for ApiError {
     fn from(err: AccountError) -> Self {
-        account_error(err, Throttle::Login)
+        match err {
+            AccountError::InvalidToken => ApiError::InvalidToken,
+            AccountError::TokenExpired => ApiError::TokenExpired,
+            AccountError::InvalidCredentials => ApiError::InvalidCredentials,
+            AccountError::WrongPassword => ApiError::WrongPassword,
+            AccountError::Throttled { limit, retry_after } => ApiError::Throttled {
+                what: match limit {
+                    Limit::FailedLogins => Throttle::Login,
+                    Limit::WrongPasswords => Throttle::WrongPasswords,
+                    Limit::Registrations => Throttle::Register,
+                    Limit::RegistrationBudget => Throttle::RegisterBudget,
+                },
+                retry_after,
+            },
+            AccountError::UsernameTaken => ApiError::UsernameTaken,
+            AccountError::ChatsRunning => ApiError::ChatsRunning,
+            AccountError::Store(e) => e.into(),
+            AccountError::Internal(e) => e.into(),
+        }
     }
 }
 

@@ -16,7 +16,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::error::{ApiError, Chain};
+use crate::{
+    domain::ClientAddr,
+    error::{ApiError, Chain},
+};
 
 /// Largest request body accepted. Chat messages are capped well below this.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -70,20 +73,14 @@ fn media_type(req: &Request) -> Option<String> {
 }
 
 /// The client's address as API Gateway saw it (`requestContext.identity.sourceIp`).
-pub fn client_ip(req: &Request) -> Option<String> {
+pub fn client_ip(req: &Request) -> Option<ClientAddr> {
     use lambda_http::{RequestExt, request::RequestContext};
     let ip = match req.request_context_ref()? {
-        RequestContext::ApiGatewayV1(ctx) => ctx.identity.source_ip.clone(),
-        RequestContext::ApiGatewayV2(ctx) => ctx.http.source_ip.clone(),
+        RequestContext::ApiGatewayV1(ctx) => ctx.identity.source_ip.as_deref(),
+        RequestContext::ApiGatewayV2(ctx) => ctx.http.source_ip.as_deref(),
         _ => None,
     }?;
-    // An address, not free text: it becomes part of a key.
-    (!ip.is_empty()
-        && ip.len() <= 45
-        && ip
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':'))
-    .then_some(ip)
+    ClientAddr::parse(ip)
 }
 
 /// The request body as a JSON object, leniently (token-authenticated routes only).

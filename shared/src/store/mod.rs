@@ -3,7 +3,7 @@
 //!
 //! | item    | pk                  | sk             | attributes |
 //! |---------|---------------------|----------------|------------|
-//! | user    | `USER#<name key>`   | `PROFILE`      | username, password_hash, tokens, granted, spent, pending (map of open charges), sessions (map: id → digest, created_at, last_used, expires_at), chat_rate (map: minute → chats started), created_at |
+//! | user    | `USER#<name key>`   | `PROFILE`      | username, password_hash, tokens, granted, spent, pending (map of open charges), sessions (map: id → digest, created_at, last_used, expires_at, pw_checks, pw_held_until), cred_epoch, networks (map: network → last login), chat_rate (map: minute → chats started), created_at |
 //! | throttle | `THROTTLE#<kind>#<subject>[#<window>]` | `THROTTLE` | n, last_at, next_at (run counters), expires_at (TTL) |
 //! | chat    | `USER#<name key>`   | `CHAT#<conversation>#<charge uuidv7>`| conversation_id, message, response, model, cost, state, usage, balance, reason, created_at, settled_at |
 //! | idempotency | `USER#<name key>` | `IDEM#<client key>` | state, fingerprint, owner (charge id), conversation, started_at, outcome, expires_at (TTL) |
@@ -33,7 +33,7 @@ pub use credits::{ChargeState, ChatOutcome, ChatRecord, Close, Debit, DebitGuard
 pub use idempotency::{Claim, KeyOwner};
 pub use retry::RetryPolicy;
 pub use throttle::Reservation;
-pub use users::{Ledger, SessionEntry, Tombstone, UserItem};
+pub use users::{Ledger, NewSession, PasswordChecks, SessionEntry, Tombstone, UserItem};
 
 use crate::telemetry::BoxError;
 

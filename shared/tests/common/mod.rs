@@ -60,6 +60,28 @@ pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> App {
     App::new(config, store)
 }
 
+/// `app` again, but reaching DynamoDB Local through `relay` (the same table), with the
+/// store's retry policy `retry`.
+pub async fn app_through(
+    relay: &testkit::faults::FaultProxy,
+    app: &App,
+    retry: shared::store::RetryPolicy,
+) -> App {
+    // A config of the loaded one's parts, but without the environment's
+    // service-specific endpoint (which would win over the relay).
+    let loaded = shared::aws::config().await;
+    let mut sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .endpoint_url(relay.url());
+    sdk.set_region(loaded.region().cloned());
+    sdk.set_credentials_provider(loaded.credentials_provider());
+    sdk.set_http_client(loaded.http_client());
+    sdk.set_sleep_impl(loaded.sleep_impl());
+    sdk.set_time_source(loaded.time_source());
+    let store = Store::connect(&sdk.build(), app.store.table(), retry);
+    App::new(app.config.clone(), store)
+}
+
 pub fn gemini_config(standin: &GeminiStandIn) -> GeminiConfig {
     GeminiConfig {
         timeout: Duration::from_secs(5),
@@ -110,6 +132,17 @@ pub fn event_with(
     headers: Value,
     body: Option<(String, bool)>,
 ) -> Request {
+    event_from(method, path, headers, body, "127.0.0.1")
+}
+
+/// Like [`event_with`], from the client address `ip`.
+pub fn event_from(
+    method: &str,
+    path: &str,
+    headers: Value,
+    body: Option<(String, bool)>,
+    ip: &str,
+) -> Request {
     let multi: serde_json::Map<String, Value> = headers
         .as_object()
         .unwrap()
@@ -146,7 +179,7 @@ pub fn event_with(
             "requestId": uuid::Uuid::now_v7().to_string(),
             "requestTime": "24/Nov/2026:10:00:00 +0000",
             "requestTimeEpoch": 1795514400000u64,
-            "identity": {"sourceIp": "127.0.0.1", "userAgent": "tests"},
+            "identity": {"sourceIp": ip, "userAgent": "tests"},
             "path": format!("/Prod{path}"),
             "resourcePath": path,
             "httpMethod": method,
@@ -180,10 +213,23 @@ pub async fn register(app: &App, username: &str, password: &str) -> Response<Bod
 }
 
 pub async fn login(app: &App, username: &str, password: &str) -> Response<Body> {
+    login_from(app, username, password, "127.0.0.1").await
+}
+
+/// A login from the client address `ip`.
+pub async fn login_from(app: &App, username: &str, password: &str, ip: &str) -> Response<Body> {
     let body = json!({"username": username, "password": password}).to_string();
-    shared::api::login::handle(app, event("POST", "/api/login/", None, Some(&body)))
-        .await
-        .unwrap()
+    let headers = json!({"Content-Type": "application/json", "Host": "api.example.com"});
+    let req = event_from("POST", "/api/login/", headers, Some((body, false)), ip);
+    shared::api::sessions::route(app, req).await.unwrap()
+}
+
+/// A registration from the client address `ip`.
+pub async fn register_from(app: &App, username: &str, password: &str, ip: &str) -> Response<Body> {
+    let body = json!({"username": username, "password": password}).to_string();
+    let headers = json!({"Content-Type": "application/json", "Host": "api.example.com"});
+    let req = event_from("POST", "/api/register/", headers, Some((body, false)), ip);
+    shared::api::register::handle(app, req).await.unwrap()
 }
 
 /// Registers `username` and returns a fresh login token.
@@ -195,7 +241,7 @@ pub async fn user_token(app: &App, username: &str) -> String {
 }
 
 pub async fn balance(app: &App, token: &str) -> u64 {
-    let resp = shared::api::tokens::handle(app, event("GET", "/api/tokens/", Some(token), None))
+    let resp = shared::api::tokens_function(app, event("GET", "/api/tokens/", Some(token), None))
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "{:?}", json_of(&resp));
