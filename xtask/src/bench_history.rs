@@ -116,6 +116,7 @@ async fn seed_conversation(store: &Store, length: usize) -> Result<ConversationI
             model: "gemini-flash-latest",
             usage: Usage::default(),
             balance: 0,
+            finish_reason: Some("STOP"),
         };
         store
             .record_chat(&charge, answered)

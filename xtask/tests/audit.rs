@@ -48,6 +48,7 @@ async fn audit_reports_balanced_and_unbalanced_books() {
                     model: "m",
                     usage: Default::default(),
                     balance: hold.balance,
+                    finish_reason: None,
                     title: "q",
                 };
                 charges.settle(&hold, answer).await.unwrap();
@@ -89,6 +90,7 @@ async fn audit_reports_balanced_and_unbalanced_books() {
         model: "m",
         usage: Default::default(),
         balance: 0,
+        finish_reason: None,
     };
     store.record_chat(&charge("free"), free).await.unwrap();
     client
@@ -135,6 +137,7 @@ async fn audit_checks_a_deleted_accounts_books_by_its_tombstone() {
         title: "q",
         usage: Default::default(),
         balance: hold.balance,
+        finish_reason: None,
     };
     charges.settle(&hold, answer).await.unwrap();
 

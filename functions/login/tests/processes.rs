@@ -214,6 +214,7 @@ async fn a_deleted_accounts_books_still_audit_clean() {
                 title: "a private question",
                 usage: Default::default(),
                 balance: hold.balance,
+                finish_reason: None,
             };
             charges.settle(&hold, answer).await.unwrap();
         } else {

@@ -18,7 +18,7 @@ use crate::{
     domain::{ChatMessage, ConversationId},
     http::{self, StreamBody},
     service::{
-        chat::{Answer, Begun, ChatRequest, ChatService, Outcome, Progress},
+        chat::{Answer, Begun, CANCELLED, ChatRequest, ChatService, Outcome, Progress},
         conversations::Choice,
     },
 };
@@ -166,15 +166,52 @@ fn render_progress(progress: Progress) -> bytes::Bytes {
         ),
         Progress::Delta(text) => http::sse_event("delta", &json!({ "text": text })),
         Progress::Done(answer) => http::sse_event("done", &done(&answer)),
-        Progress::Failed(err) => {
-            let err = ApiError::from(err);
+        Progress::Cut(answer) => cut(&answer),
+        Progress::Failed {
+            error,
+            charged,
+            tokens_remaining,
+        } => {
+            let err = ApiError::from(error);
             http::log_error(&err);
             http::sse_event(
                 "error",
-                &json!({ "code": err.code(), "detail": err.to_string() }),
+                &json!({
+                    "code": err.code(),
+                    "detail": err.to_string(),
+                    "charged": charged,
+                    "tokens_remaining": tokens_remaining,
+                }),
             )
         }
     }
+}
+
+/// An answer the model stopped midway for the prompt's sake (a safety filter,
+/// recitation…): an `error` event, though the words the client received were charged
+/// and are kept. (A client's own cancel is not something a Server-Sent Events client can
+/// ask for; should one reach here, it ends as the answer it asked for: `done`.)
+fn cut(answer: &Answer) -> bytes::Bytes {
+    let reason = answer.finish_reason.as_deref().unwrap_or_default();
+    if reason == CANCELLED {
+        return http::sse_event("done", &done(answer));
+    }
+    let err = ApiError::ContentBlocked {
+        reason: reason.to_owned(),
+    };
+    http::sse_event(
+        "error",
+        &json!({
+            "code": err.code(),
+            "detail": format!(
+                "The model stopped its answer midway ({reason}); you were charged for the words you received."
+            ),
+            "charged": true,
+            "tokens_remaining": answer.tokens_remaining,
+            "cost": answer.cost,
+            "finish_reason": reason,
+        }),
+    )
 }
 
 /// Absent: the latest conversation if recent; `null`: a new one; a string: that one.

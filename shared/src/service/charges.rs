@@ -9,6 +9,8 @@
 //!   makes it paid. If neither landed the caller must not hand the answer out.
 //! - **Refund** ([`Charges::refund`]), when the model failed: the close (cost given back)
 //!   and the chat item saying why, side by side.
+//! - **What an answer costs** ([`Ending::is_charged`]): the one rule for every entry
+//!   point, decided here and nowhere else.
 //! - **Recovery** ([`Charges::recover`]): a charge still pending after the charge timeout
 //!   belongs to a request that is no longer running. If its chat item says it was
 //!   answered it is settled, otherwise refunded. It runs alongside the model call of the
@@ -58,6 +60,41 @@ pub struct Hold {
     pub abandoned: Vec<OpenCharge>,
 }
 
+/// How a turn's answer ended, as far as what it costs goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The model finished its answer (`STOP`, or `MAX_TOKENS`: the output cap is the
+    /// answer's length, not a failure).
+    Finished,
+    /// The model stopped, or would not start, for a reason the prompt caused: a safety
+    /// filter, recitation, a blocklist, prohibited content, personal data (`SAFETY`,
+    /// `RECITATION`, `BLOCKLIST`, `PROHIBITED_CONTENT`, `SPII`…), or a blocked prompt.
+    StoppedByPrompt,
+    /// The client asked the turn to stop.
+    Cancelled,
+    /// Gemini or this service failed: an error status, a dropped or stalled stream, a
+    /// timeout, a malformed answer, a store outage.
+    Failed,
+}
+
+impl Ending {
+    /// The rule: words handed out are paid for, unless the failure was Gemini's or
+    /// ours; nothing handed out costs nothing. `words_out`: the client has received
+    /// some of the answer already (a streamed turn's deltas). A finished answer is about
+    /// to be handed out whole, so it is charged either way.
+    ///
+    /// A buffered (JSON) turn hands nothing out before the model's reply is complete, so
+    /// a reply that stopped for the prompt's sake is withheld and refunded, even when
+    /// Gemini sent some text with its stop: the same rule, applied before any word left.
+    pub fn is_charged(self, words_out: bool) -> bool {
+        match self {
+            Self::Finished => true,
+            Self::StoppedByPrompt | Self::Cancelled => words_out,
+            Self::Failed => false,
+        }
+    }
+}
+
 /// What the model gave back, to be kept with the chat.
 #[derive(Debug, Clone, Copy)]
 pub struct Answered<'a> {
@@ -69,6 +106,8 @@ pub struct Answered<'a> {
     pub balance: u64,
     /// The conversation's title, should this answer be its first.
     pub title: &'a str,
+    /// Why the answer ended; for an answer cut short, why it stopped.
+    pub finish_reason: Option<&'a str>,
 }
 
 /// The charge rules, over one store.
@@ -147,6 +186,7 @@ impl<'a> Charges<'a> {
             model: answer.model,
             usage: answer.usage,
             balance: answer.balance,
+            finish_reason: answer.finish_reason,
         };
         let (recorded, closed, touched) = tokio::join!(
             self.store.record_chat(charge, record),

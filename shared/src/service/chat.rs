@@ -5,13 +5,15 @@
 //! credits; whoever asks the model then ends it with [`ChatService::answered`] or
 //! [`ChatService::failed`]. [`ChatService::ask`] is the buffered whole;
 //! [`ChatService::open_stream`] and [`OpenStream::run`] the streamed one. Both share the
-//! hold, the settle, the refund and the idempotency outcome.
+//! hold, the settle, the refund and the idempotency outcome, and both end a turn through
+//! [`ChatService::end`], which asks the charge lifecycle's rule ([`Ending::is_charged`])
+//! whether the answer is paid for.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    charges::{Answered, ChargeError, Charges, Hold},
+    charges::{Answered, ChargeError, Charges, Ending, Hold},
     conversations::{Choice, Conversations},
 };
 use crate::{
@@ -100,9 +102,51 @@ pub enum Progress {
     Delta(String),
     /// The whole answer, paid for.
     Done(Answer),
-    /// The answer failed midway; the charge was refunded.
-    Failed(ChatError),
+    /// The answer stopped before its end for a reason the prompt or the client caused:
+    /// the words handed out were paid for and are kept as `answer`, whose
+    /// `finish_reason` says why it stopped.
+    Cut(Answer),
+    /// The answer failed midway. `charged`: `Some(false)` when it was not charged,
+    /// `None` when the store failed so that it is not known yet (the charge is then left
+    /// to recovery). `tokens_remaining`: the balance as it now is, when known.
+    Failed {
+        error: ChatError,
+        charged: Option<bool>,
+        tokens_remaining: Option<u64>,
+    },
 }
+
+/// How the model's part of a turn ended, before the charge is settled or refunded.
+#[derive(Debug)]
+pub enum Ended {
+    /// The whole answer.
+    Finished(gemini::Reply),
+    /// The client asked the turn to stop.
+    Cancelled,
+    /// The model stopped or failed.
+    Failed(gemini::Error),
+}
+
+/// A turn's end, its charge settled or refunded.
+#[derive(Debug)]
+pub enum Closed {
+    /// See [`Progress::Done`].
+    Done(Answer),
+    /// See [`Progress::Cut`].
+    Cut(Answer),
+    /// Refunded: nothing charged; the balance with the credits back, unless the refund
+    /// was left to recovery.
+    Refunded {
+        error: ChatError,
+        tokens_remaining: Option<u64>,
+    },
+    /// The answer could not be settled (the store kept failing).
+    Unsettled(ChatError),
+}
+
+/// The `finish_reason` kept with an answer the client stopped. Gemini's own reasons are
+/// upper case too; this one is ours.
+pub const CANCELLED: &str = "CANCELLED";
 
 /// A streamed turn whose model has produced its first text: from here on, failures are
 /// reported as [`Progress::Failed`] rather than as an error status.
@@ -248,7 +292,7 @@ impl<'a> ChatService<'a> {
     }
 
     /// The buffered turn: ask the model (recovering abandoned charges meanwhile) and end
-    /// the turn with its reply.
+    /// the turn with its reply. Nothing is handed out before the reply is whole.
     pub async fn ask(&self, turn: Turn) -> Result<Outcome, ChatError> {
         let charges = self.charges();
         let model = self.model_of(&turn)?;
@@ -257,11 +301,65 @@ impl<'a> ChatService<'a> {
             self.gemini.generate(&prompt),
             charges.recover(&turn.hold.abandoned),
         );
-        match reply {
-            Ok(reply) => Ok(Outcome::Answered(
-                self.answered(turn, reply, recovered).await?,
-            )),
-            Err(err) => Err(self.failed(turn, err).await),
+        let ended = match reply {
+            Ok(reply) => Ended::Finished(reply),
+            Err(err) => Ended::Failed(err),
+        };
+        match self
+            .end(turn, ended, String::new(), Usage::default(), recovered)
+            .await
+        {
+            Closed::Done(answer) | Closed::Cut(answer) => Ok(Outcome::Answered(answer)),
+            Closed::Refunded { error, .. } | Closed::Unsettled(error) => Err(error),
+        }
+    }
+
+    /// Ends a turn by the charge lifecycle's rule: `handed` is what the client has
+    /// received of the answer already (`usage` what Gemini had counted by then). A
+    /// charged answer that stopped early is kept as those words, with the reason it
+    /// stopped.
+    pub async fn end(
+        &self,
+        turn: Turn,
+        ended: Ended,
+        handed: String,
+        usage: Usage,
+        recovered: u64,
+    ) -> Closed {
+        let ending = match &ended {
+            Ended::Finished(_) => Ending::Finished,
+            Ended::Cancelled => Ending::Cancelled,
+            Ended::Failed(err) if err.blocked_reason().is_some() => Ending::StoppedByPrompt,
+            Ended::Failed(_) => Ending::Failed,
+        };
+        if !ending.is_charged(!handed.is_empty()) {
+            let err = match ended {
+                Ended::Failed(err) => err,
+                // Charged whenever they happen (a whole answer; a cancel, which is only
+                // taken after the first words): never here.
+                Ended::Finished(_) | Ended::Cancelled => gemini::Error::Incomplete,
+            };
+            let (error, tokens_remaining) = self.refund_turn(turn, err, recovered).await;
+            return Closed::Refunded {
+                error,
+                tokens_remaining,
+            };
+        }
+        let cut = |reason: &str| gemini::Reply {
+            text: handed.clone(),
+            model: turn.model.id.clone(),
+            usage,
+            finish_reason: Some(reason.to_owned()),
+        };
+        let reply = match &ended {
+            Ended::Finished(reply) => reply.clone(),
+            Ended::Cancelled => cut(CANCELLED),
+            Ended::Failed(err) => cut(err.blocked_reason().unwrap_or_default()),
+        };
+        match self.answered(turn, reply, recovered).await {
+            Ok(answer) if ending == Ending::Finished => Closed::Done(answer),
+            Ok(answer) => Closed::Cut(answer),
+            Err(error) => Closed::Unsettled(error),
         }
     }
 
@@ -313,6 +411,7 @@ impl<'a> ChatService<'a> {
                     usage: answer.usage,
                     balance: answer.tokens_remaining,
                     title: Conversations::default_title(&answer.message).as_str(),
+                    finish_reason: answer.finish_reason.as_deref(),
                 },
             )
             .await?;
@@ -333,9 +432,21 @@ impl<'a> ChatService<'a> {
         Ok(answer)
     }
 
-    /// The model failed: refund, and either keep the refusal (a safety block will block
-    /// again) or free the key (the next attempt may go differently).
+    /// The model failed before any word went out: refund, and either keep the refusal
+    /// (a safety block will block again) or free the key (the next attempt may go
+    /// differently).
     pub async fn failed(&self, turn: Turn, err: gemini::Error) -> ChatError {
+        self.refund_turn(turn, err, 0).await.0
+    }
+
+    /// [`failed`](Self::failed), also returning the balance with the credits back
+    /// (`None` if the refund was left to recovery).
+    async fn refund_turn(
+        &self,
+        turn: Turn,
+        err: gemini::Error,
+        recovered: u64,
+    ) -> (ChatError, Option<u64>) {
         let hold = &turn.hold;
         let user = &hold.charge.user_key;
         let reason = err.to_string();
@@ -357,7 +468,8 @@ impl<'a> ChatService<'a> {
         if refunded {
             tracing::warn!(user = %user, charge = %hold.charge.id, reason, "model failed; refunded");
         }
-        ChatError::Model(err)
+        let balance = refunded.then_some(hold.balance + recovered + hold.charge.cost);
+        (ChatError::Model(err), balance)
     }
 
     /// The turn's model as the client takes it (the catalogue's names are checked at
@@ -420,7 +532,7 @@ impl<'a> ChatService<'a> {
                         model: record.model.unwrap_or_default(),
                         cost: record.cost,
                         usage: record.usage.unwrap_or_default(),
-                        finish_reason: None,
+                        finish_reason: record.finish_reason,
                     });
                     self.finish(user, key, &stale, &outcome).await;
                     return Ok(Some(outcome));
@@ -464,40 +576,77 @@ impl<'a> ChatService<'a> {
 
 impl OpenStream {
     /// Reads the model's stream to its end, reporting each step to `report`, then settles
-    /// or refunds. It never stops early: a client that went away still gets its answer
-    /// stored and charged once (`report` just has nobody to tell).
-    pub async fn run(self, service: ChatService<'_>, mut report: impl FnMut(Progress)) {
+    /// or refunds. It never stops early on its own: a client that went away still gets
+    /// its answer stored and charged once (`report` just has nobody to tell).
+    pub async fn run(self, service: ChatService<'_>, report: impl FnMut(Progress)) {
+        self.run_until(service, std::future::pending(), report)
+            .await
+    }
+
+    /// [`run`](Self::run), stopping when `cancel` completes: the client asked the turn to
+    /// stop. The words handed out by then are the answer, charged and kept with the
+    /// finish reason [`CANCELLED`]. `cancel` is only heeded between chunks, after the
+    /// first words went out.
+    pub async fn run_until(
+        self,
+        service: ChatService<'_>,
+        cancel: impl Future<Output = ()>,
+        mut report: impl FnMut(Progress),
+    ) {
         let OpenStream {
             turn,
             mut stream,
             first,
         } = self;
-        let hold = &turn.hold;
         report(Progress::Start {
-            conversation_id: hold.charge.conversation_id.clone(),
+            conversation_id: turn.hold.charge.conversation_id.clone(),
             model: turn.model.id.clone(),
-            tokens_remaining: hold.balance,
+            tokens_remaining: turn.hold.balance,
         });
-        let charges = service.charges();
+        let mut cancel = std::pin::pin!(cancel);
+        let mut handed = String::new();
         let read = async {
             let mut next = Some(Ok(first));
             loop {
                 match next {
-                    Some(Ok(gemini::StreamEvent::Text(text))) => report(Progress::Delta(text)),
-                    Some(Ok(gemini::StreamEvent::Done(reply))) => return Ok(reply),
-                    Some(Err(err)) => return Err(err),
-                    None => return Err(gemini::Error::Incomplete),
+                    Some(Ok(gemini::StreamEvent::Text(text))) => {
+                        handed.push_str(&text);
+                        report(Progress::Delta(text));
+                    }
+                    Some(Ok(gemini::StreamEvent::Done(reply))) => return Ended::Finished(reply),
+                    Some(Err(err)) => return Ended::Failed(err),
+                    None => return Ended::Failed(gemini::Error::Incomplete),
                 }
-                next = stream.next().await;
+                next = tokio::select! {
+                    biased;
+                    () = &mut cancel => return Ended::Cancelled,
+                    next = stream.next() => next,
+                };
             }
         };
-        let (reply, recovered) = tokio::join!(read, charges.recover(&hold.abandoned));
-        match reply {
-            Ok(reply) => match service.answered(turn, reply, recovered).await {
-                Ok(answer) => report(Progress::Done(answer)),
-                Err(err) => report(Progress::Failed(err)),
+        let charges = service.charges();
+        let (ended, recovered) = tokio::join!(read, charges.recover(&turn.hold.abandoned));
+        let usage = stream.usage_so_far();
+        // Gemini is not asked for more of an answer that is over.
+        drop(stream);
+        report(
+            match service.end(turn, ended, handed, usage, recovered).await {
+                Closed::Done(answer) => Progress::Done(answer),
+                Closed::Cut(answer) => Progress::Cut(answer),
+                Closed::Refunded {
+                    error,
+                    tokens_remaining,
+                } => Progress::Failed {
+                    error,
+                    charged: Some(false),
+                    tokens_remaining,
+                },
+                Closed::Unsettled(error) => Progress::Failed {
+                    error,
+                    charged: None,
+                    tokens_remaining: None,
+                },
             },
-            Err(err) => report(Progress::Failed(service.failed(turn, err).await)),
-        }
+        );
     }
 }

@@ -162,6 +162,9 @@ pub struct ChatRecord {
     pub reason: Option<String>,
     /// The balance the answer reported (answered chats).
     pub balance: Option<u64>,
+    /// Why the model's answer ended (`STOP`, `MAX_TOKENS`, `SAFETY`…, or `CANCELLED`
+    /// when the client stopped it), where known.
+    pub finish_reason: Option<String>,
     pub created_at: u64,
     pub settled_at: u64,
 }
@@ -176,6 +179,9 @@ pub enum ChatOutcome<'a> {
         usage: Usage,
         /// The balance reported with the answer.
         balance: u64,
+        /// Why the answer ended; anything but a natural end means it was cut short and
+        /// `response` holds the words the client received.
+        finish_reason: Option<&'a str>,
     },
     Refunded {
         /// `None` for an abandoned charge, whose message died with its process.
@@ -289,14 +295,20 @@ impl Store {
                 model,
                 usage,
                 balance,
-            } => item.extend([
-                ("state".to_owned(), s(ChargeState::Completed.as_str())),
-                ("message".to_owned(), s(message)),
-                ("response".to_owned(), s(response)),
-                ("model".to_owned(), s(model)),
-                ("usage".to_owned(), usage_value(&usage)),
-                ("balance".to_owned(), n(balance)),
-            ]),
+                finish_reason,
+            } => {
+                item.extend([
+                    ("state".to_owned(), s(ChargeState::Completed.as_str())),
+                    ("message".to_owned(), s(message)),
+                    ("response".to_owned(), s(response)),
+                    ("model".to_owned(), s(model)),
+                    ("usage".to_owned(), usage_value(&usage)),
+                    ("balance".to_owned(), n(balance)),
+                ]);
+                if let Some(reason) = finish_reason {
+                    item.insert("finish_reason".to_owned(), s(reason));
+                }
+            }
             ChatOutcome::Refunded { message, reason } => item.extend([
                 ("state".to_owned(), s(ChargeState::Refunded.as_str())),
                 ("message".to_owned(), s(message.unwrap_or(""))),
@@ -530,6 +542,7 @@ pub(crate) fn chat_record(item: &Item) -> Result<ChatRecord, Error> {
             .contains_key("balance")
             .then(|| get_n(item, "balance"))
             .transpose()?,
+        finish_reason: get_opt_s(item, "finish_reason"),
         created_at: get_n(item, "created_at")?,
         settled_at: get_n(item, "settled_at")?,
     })

@@ -5,7 +5,7 @@
 //! |---------|---------------------|----------------|------------|
 //! | user    | `USER#<name key>`   | `PROFILE`      | username, password_hash, tokens, granted, spent, pending (map of open charges), sessions (map: id → digest, created_at, last_used, expires_at), chat_rate (map: minute → chats started), created_at |
 //! | throttle | `THROTTLE#<kind>#<subject>[#<window>]` | `THROTTLE` | n, last_at, next_at (run counters), expires_at (TTL) |
-//! | chat    | `USER#<name key>`   | `CHAT#<conversation>#<charge uuidv7>`| conversation_id, message, response, model, cost, state, usage, balance, reason, created_at, settled_at |
+//! | chat    | `USER#<name key>`   | `CHAT#<conversation>#<charge uuidv7>`| conversation_id, message, response, model, cost, state, usage, finish_reason, balance, reason, created_at, settled_at |
 //! | idempotency | `USER#<name key>` | `IDEM#<client key>` | state, fingerprint, owner (charge id), conversation, started_at, outcome, expires_at (TTL) |
 //! | conversation | `USER#<name key>` | `CONV#<conversation uuid>` | conversation_id, title, model, created_at, updated_at (index `Conversations`), messages, last_charge |
 //!
