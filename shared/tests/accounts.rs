@@ -462,19 +462,7 @@ async fn tokens_costs_one_read_and_chat_a_read_a_debit_and_the_settle() {
             .map(|op| op.to_ascii_lowercase())
             .collect()
     };
-    // A config of the loaded one's parts, but without the environment's
-    // service-specific endpoint (which would win over the relay).
-    let loaded = shared::aws::config().await;
-    let mut sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .endpoint_url(relay.url());
-    sdk.set_region(loaded.region().cloned());
-    sdk.set_credentials_provider(loaded.credentials_provider());
-    sdk.set_http_client(loaded.http_client());
-    sdk.set_sleep_impl(loaded.sleep_impl());
-    sdk.set_time_source(loaded.time_source());
-    let sdk = sdk.build();
-    let store = shared::store::Store::connect(&sdk, direct.app.store.table(), Default::default());
+    let store = store_through(&relay, direct.app.store.table()).await;
     let app = App::new(direct.app.config.clone(), store);
     let chat_app = chat_app_on(app, gemini_config(&standin));
 

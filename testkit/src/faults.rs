@@ -173,7 +173,8 @@ impl FaultProxy {
         self.shared.forwarded.load(Ordering::SeqCst)
     }
 
-    /// Requests held by a [`Fault::Hold`] rule and not released yet.
+    /// Requests held by a [`Fault::Hold`] rule and not yet through: waiting, or
+    /// released and still on their way to DynamoDB Local.
     pub fn held(&self) -> usize {
         self.shared.held.load(Ordering::SeqCst)
     }
@@ -181,11 +182,20 @@ impl FaultProxy {
     /// Waits until at least `count` requests are held (at most `within`): how a test
     /// knows the write it holds was sent, without sleeping.
     pub async fn wait_until_held(&self, count: usize, within: Duration) {
+        self.wait_for_held(|held| held >= count, within).await
+    }
+
+    /// Waits until every released request has reached DynamoDB Local and been answered.
+    pub async fn wait_until_landed(&self, within: Duration) {
+        self.wait_for_held(|held| held == 0, within).await
+    }
+
+    async fn wait_for_held(&self, done: impl Fn(usize) -> bool, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
-        while self.held() < count {
+        while !done(self.held()) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{} requests held after {within:?}, expected {count}",
+                "still {} requests held after {within:?}",
                 self.held()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -267,8 +277,9 @@ async fn handle(
             let late = shared.clone();
             detached(async move {
                 let _ = releases.wait_for(|n| *n > seen).await;
+                let answer = forward(&late, method, &uri, &headers, body).await;
                 late.held.fetch_sub(1, Ordering::SeqCst);
-                forward(&late, method, &uri, &headers, body).await
+                answer
             })
             .await
         }

@@ -33,6 +33,9 @@ use crate::{
 /// Why an abandoned charge was refunded.
 pub const ABANDONED: &str = "abandoned: the request stopped before its charge was settled";
 
+/// Why an answer was refunded that the store could not settle.
+pub const WITHHELD: &str = "withheld: the answer could not be stored, so it was not given";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ChargeError {
     #[error("not enough credits: {cost} needed, {balance} held")]
@@ -46,6 +49,10 @@ pub enum ChargeError {
     TooManyInFlight,
     #[error("too many chats this minute")]
     RateExceeded,
+    /// The answer could not be settled, so it was withheld and its charge refunded:
+    /// certainly not charged.
+    #[error("the answer could not be stored; it was withheld and refunded")]
+    Withheld(#[source] store::Error),
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -176,8 +183,16 @@ impl<'a> Charges<'a> {
     }
 
     /// The model answered: make the answer durable and the charge paid.
-    /// `Err`: neither write landed, so the answer must not be handed out; the charge
-    /// stays pending and recovery refunds it.
+    ///
+    /// The chat item, the close and the conversation go side by side. What they call for
+    /// next (another try at the chat item, or finding out what happened when neither was
+    /// seen to land) shares one more store budget, so that a settle's writes are over
+    /// within two budgets of its start.
+    ///
+    /// `Ok`: the answer is paid, or durable and owed: hand it out. `Err(Withheld)`: it was
+    /// not, and now never can be: the charge is refunded. `Err(Store)`: the store kept
+    /// failing, and what became of the charge is not known yet (recovery decides it by
+    /// the chat item).
     pub async fn settle(&self, hold: &Hold, answer: Answered<'_>) -> Result<(), ChargeError> {
         let charge = &hold.charge;
         let record = ChatOutcome::Answered {
@@ -198,23 +213,79 @@ impl<'a> Charges<'a> {
             // The answer stands; only the conversation's listing lags.
             tracing::warn!(charge = %charge.id, error = %Chain(&e), "conversation not updated");
         }
-        match (recorded, closed) {
-            (Ok(_), Ok(_)) => Ok(()),
-            (Err(_), Ok(_)) => {
-                // Paid: the answer goes out. Its record gets one more budget, since the
-                // history (and the audit) need it; only a long outage loses it.
-                if let Err(e) = self.store.record_chat(charge, record).await {
-                    tracing::error!(charge = %charge.id, error = %Chain(&e), "answer paid but not stored");
+        let next = async {
+            match (recorded, closed) {
+                (Ok(_), Ok(_)) => Ok(()),
+                (Err(_), Ok(_)) => {
+                    // Paid: the answer goes out. Its record gets another try, since the
+                    // history (and the audit) need it; only a long outage loses it.
+                    if let Err(e) = self.store.record_chat(charge, record).await {
+                        tracing::error!(charge = %charge.id, error = %Chain(&e), "answer paid but not stored");
+                    }
+                    Ok(())
                 }
-                Ok(())
+                (Ok(_), Err(e)) => {
+                    // Durable and owed: recovery closes it as kept.
+                    tracing::warn!(charge = %charge.id, error = %Chain(&e), "answer stored; charge left for recovery to settle");
+                    Ok(())
+                }
+                (Err(_), Err(e)) => self.decide(charge, record, answer.message, e).await,
             }
-            (Ok(_), Err(e)) => {
-                // Durable and owed: recovery closes it as kept.
-                tracing::warn!(charge = %charge.id, error = %Chain(&e), "answer stored; charge left for recovery to settle");
-                Ok(())
-            }
-            (Err(_), Err(e)) => Err(e.into()),
+        };
+        let budget = self.store.retry_policy().budget;
+        tokio::time::timeout(budget, next)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ChargeError::Store(store::Error::Unavailable {
+                    op: "settle",
+                    source: None,
+                }))
+            })
+    }
+
+    /// Neither settle write was seen to land, yet either may have: an attempt applied
+    /// while its answer was lost, or one that lands after the retries gave up. Before
+    /// the client is told anything, find out, and make the outcome final:
+    /// - the answer is on record (a `completed` chat item): durable and owed; hand it out;
+    /// - the charge is closed: its close landed, so it is paid; hand the answer out,
+    ///   recording it if it is missing;
+    /// - neither: refund the charge now (a late close then finds it closed and changes
+    ///   nothing) and make the chat item say so (a late answer record then finds it there,
+    ///   or is overwritten): withheld, and never charged.
+    ///
+    /// Consistent reads alone would not do: a write still in flight could land after
+    /// them. The refund's close is the decision, since a charge closes once.
+    async fn decide(
+        &self,
+        charge: &OpenCharge,
+        record: ChatOutcome<'_>,
+        message: &str,
+        cause: store::Error,
+    ) -> Result<(), ChargeError> {
+        let (stored, open) = tokio::join!(self.store.chat(charge), self.store.is_open(charge));
+        if stored?.is_some_and(|r| r.state == ChargeState::Completed) {
+            tracing::warn!(charge = %charge.id, "settle writes failed, but the answer was on record: given");
+            return Ok(());
         }
+        let paid = match open? {
+            false => true,
+            true => !self.store.close_charge(charge, Close::GiveBack).await?,
+        };
+        if paid {
+            // The close (keeping the credits) landed after all: the answer was paid for.
+            if let Err(e) = self.store.record_chat(charge, record).await {
+                tracing::error!(charge = %charge.id, error = %Chain(&e), "answer paid but not stored");
+            }
+            tracing::warn!(charge = %charge.id, "settle writes failed, but the charge was closed: given");
+            return Ok(());
+        }
+        tracing::warn!(charge = %charge.id, error = %Chain(&cause), "settle writes failed; refunded, the answer withheld");
+        if let Err(e) = self.store.withdraw_answer(charge, message, WITHHELD).await {
+            // The charge is refunded; only an answer record landing later could now say
+            // otherwise, and the audit would show it.
+            tracing::error!(charge = %charge.id, error = %Chain(&e), "withheld answer not recorded as refunded");
+        }
+        Err(ChargeError::Withheld(cause))
     }
 
     /// The chat stopped before the model was asked (its conversation is not the

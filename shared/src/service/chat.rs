@@ -72,6 +72,14 @@ pub enum ChatError {
     /// The model failed; the charge was refunded.
     #[error("the model failed")]
     Model(#[source] gemini::Error),
+    /// The answer could not be stored, so it was withheld; the charge was refunded.
+    #[error("the answer could not be stored; withheld and refunded")]
+    Withheld(#[source] store::Error),
+    /// The answer could not be settled and the store kept failing while finding out
+    /// what became of it: whether it was charged is not known yet. Recovery decides it
+    /// by the chat item, and a retry with the same idempotency key gets that outcome.
+    #[error("the answer's settle is not known")]
+    Unsettled(#[source] store::Error),
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -84,6 +92,7 @@ impl From<ChargeError> for ChatError {
             ChargeError::SessionEnded { expired } => Self::SessionEnded { expired },
             ChargeError::TooManyInFlight => Self::TooManyInFlight,
             ChargeError::RateExceeded => Self::RateExceeded,
+            ChargeError::Withheld(e) => Self::Withheld(e),
             ChargeError::Store(e) => Self::Store(e),
         }
     }
@@ -356,9 +365,14 @@ impl<'a> ChatService<'a> {
             Ended::Cancelled => cut(CANCELLED),
             Ended::Failed(err) => cut(err.blocked_reason().unwrap_or_default()),
         };
+        let refunded = turn.hold.balance + recovered + turn.hold.charge.cost;
         match self.answered(turn, reply, recovered).await {
             Ok(answer) if ending == Ending::Finished => Closed::Done(answer),
             Ok(answer) => Closed::Cut(answer),
+            Err(error @ ChatError::Withheld(_)) => Closed::Refunded {
+                error,
+                tokens_remaining: Some(refunded),
+            },
             Err(error) => Closed::Unsettled(error),
         }
     }
@@ -401,7 +415,8 @@ impl<'a> ChatService<'a> {
             usage: reply.usage,
             finish_reason: reply.finish_reason,
         };
-        self.charges()
+        let settled = self
+            .charges()
             .settle(
                 hold,
                 Answered {
@@ -414,7 +429,21 @@ impl<'a> ChatService<'a> {
                     finish_reason: answer.finish_reason.as_deref(),
                 },
             )
-            .await?;
+            .await;
+        match settled {
+            Ok(()) => {}
+            Err(ChargeError::Withheld(e)) => {
+                // Refunded for certain: a retry may go differently.
+                if let Some((key, owner)) = &turn.key {
+                    self.release(&hold.charge.user_key, key, owner).await;
+                }
+                return Err(ChatError::Withheld(e));
+            }
+            // Not known: the key stays with this charge, and a retry once it is stale
+            // gets what recovery made of it.
+            Err(ChargeError::Store(e)) => return Err(ChatError::Unsettled(e)),
+            Err(other) => return Err(other.into()),
+        }
         tracing::info!(
             user = %hold.charge.user_key, charge = %hold.charge.id, cost = hold.charge.cost,
             balance = answer.tokens_remaining, model = %answer.model,

@@ -327,6 +327,57 @@ impl Store {
             .is_some())
     }
 
+    /// Records `charge` as refunded for `reason`, over an answer's record if one landed
+    /// (its charge was refunded, so that answer was never given). Any answer record
+    /// arriving later finds this one and changes nothing.
+    pub async fn withdraw_answer(
+        &self,
+        charge: &OpenCharge,
+        message: &str,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let mut item = charge.chat_key();
+        item.extend([
+            ("conversation_id".to_owned(), s(&charge.conversation_id)),
+            ("cost".to_owned(), n(charge.cost)),
+            ("created_at".to_owned(), n(charge.opened_at)),
+            ("settled_at".to_owned(), n(now_millis())),
+            ("state".to_owned(), s(ChargeState::Refunded.as_str())),
+            ("message".to_owned(), s(message)),
+            ("reason".to_owned(), s(reason)),
+        ]);
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #state = :completed")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":completed", s(ChargeState::Completed.as_str()));
+        // A failed condition: it says refunded already (this request's earlier attempt).
+        self.send_conditional("PutItem", || put.clone().send())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `charge` is still pending, in one consistent read of the user item.
+    pub async fn is_open(&self, charge: &OpenCharge) -> Result<bool, Error> {
+        let get = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, user_pk(&charge.user_key))
+            .key(SK, s(PROFILE))
+            .projection_expression("pending.#charge")
+            .expression_attribute_names("#charge", &charge.id)
+            .consistent_read(true);
+        let out = self
+            .send("GetItem", || get.clone().send())
+            .await
+            .map_err(|f| f.into_error("GetItem"))?;
+        Ok(out.item.is_some_and(|item| has_pending(&item, &charge.id)))
+    }
+
     /// Closes `charge`: removes it from `pending` and keeps or gives back its cost, if
     /// it is still pending. `Ok(false)`: it was no longer pending, and nothing changed.
     pub async fn close_charge(&self, charge: &OpenCharge, close: Close) -> Result<bool, Error> {

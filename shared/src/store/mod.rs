@@ -117,6 +117,11 @@ impl Store {
     pub fn table(&self) -> &str {
         &self.table
     }
+
+    /// How this store times and retries its calls.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
 }
 
 pub(crate) fn user_pk(user_key: &str) -> AttributeValue {

@@ -80,6 +80,30 @@ pub fn chat_app_on(app: App, gemini: GeminiConfig) -> ChatApp {
     )
 }
 
+/// A store on `table` that reaches DynamoDB Local through `proxy` (to count or fault
+/// its calls). The environment's service-specific endpoint would win over the proxy, so
+/// the SDK config is made of the loaded one's parts without it.
+pub async fn store_through(proxy: &testkit::faults::FaultProxy, table: &str) -> Store {
+    let loaded = shared::aws::config().await;
+    let mut sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .endpoint_url(proxy.url());
+    sdk.set_region(loaded.region().cloned());
+    sdk.set_credentials_provider(loaded.credentials_provider());
+    sdk.set_http_client(loaded.http_client());
+    sdk.set_sleep_impl(loaded.sleep_impl());
+    sdk.set_time_source(loaded.time_source());
+    Store::connect(&sdk.build(), table, Default::default())
+}
+
+/// `chat_app` with its store going through `proxy`; same table, same configuration.
+pub fn chat_app_through(chat_app: &ChatApp, store: Store) -> ChatApp {
+    ChatApp::new(
+        App::new(chat_app.app.config.clone(), store),
+        chat_app.gemini.clone(),
+    )
+}
+
 pub async fn chat_app(standin: &GeminiStandIn) -> ChatApp {
     chat_app_on(app().await, gemini_config(standin))
 }
