@@ -360,16 +360,7 @@ async fn a_deleted_accounts_books_still_audit_clean() {
     assert_eq!(tokens_status(app, &other).await.0, 401);
     assert!(app.store.chats("john").await.unwrap().is_empty());
     assert!(audit::audit(&app.store, "john").await.unwrap().is_none());
-    let items = app
-        .store
-        .client()
-        .scan()
-        .table_name(app.store.table())
-        .send()
-        .await
-        .unwrap()
-        .items
-        .unwrap_or_default();
+    let items = table_items(app).await;
     let text = format!("{items:?}");
     assert!(
         !text.contains("secret"),

@@ -245,7 +245,7 @@ async fn a_turn_cancelled_after_its_first_words_is_charged_for_them_and_stops_ge
         config: &app.config,
     };
     let request = ChatRequest {
-        user_key: authed.user_key.clone(),
+        account: authed.user.account.clone(),
         message: shared::domain::ChatMessage::parse("a long story", 8000).unwrap(),
         idempotency_key: None,
         conversation: shared::service::conversations::Choice::New,

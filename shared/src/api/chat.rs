@@ -56,7 +56,7 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
 
     let service = service(chat_app);
     let request = ChatRequest {
-        user_key: authed.user_key,
+        account: authed.user.account.clone(),
         message,
         idempotency_key,
         conversation,
@@ -76,6 +76,10 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
                 (Outcome::Refused { reason }, _) => {
                     http::into_stream(http::error_response(&ApiError::ContentBlocked { reason }))
                 }
+                // Its conversation was deleted: nothing of it is replayed, nothing charged.
+                (Outcome::ConversationDeleted { .. }, _) => {
+                    http::into_stream(http::error_response(&ApiError::NotFound("conversation")))
+                }
             };
             resp.headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -86,6 +90,7 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
         return match service.ask(turn).await? {
             Outcome::Answered(answer) => Ok(http::into_stream(answered(&answer))),
             Outcome::Refused { reason } => Err(ApiError::ContentBlocked { reason }),
+            Outcome::ConversationDeleted { .. } => Err(ApiError::NotFound("conversation")),
         };
     }
 

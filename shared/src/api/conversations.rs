@@ -63,7 +63,7 @@ async fn conversations(app: &App, req: &Request, path: &str) -> Result<Response<
         _ => None,
     };
     let (limit, cursor) = paging(req)?;
-    let user = app.authenticate(token).await?.user_key;
+    let user = app.authenticate(token).await?.user.account;
     let service = Conversations::new(&app.store, &app.config.conversations);
     match route {
         Route::List => {

@@ -22,10 +22,10 @@
 use std::time::Duration;
 
 use crate::{
-    domain::Usage,
+    domain::{ConversationId, Usage},
     store::{
-        self, ChargeState, ChatOutcome, Close, Debit, DebitGuard, OpenCharge, Store, UserItem,
-        now_millis,
+        self, ChargeState, ChatOutcome, Close, Debit, DebitGuard, OpenCharge, RetryPolicy, Store,
+        Touched, UserItem, now_millis,
     },
     telemetry::Chain,
 };
@@ -100,6 +100,27 @@ impl Ending {
             Self::Failed => false,
         }
     }
+}
+
+/// How long after a charge is closed its request may still write what goes with it
+/// (the chat item, the conversation, a refund's reason): a settle's three writes take at
+/// most one store budget, and whatever they call for next one more; a refund's or a
+/// recovery's record follows its close within the same two. One more budget covers
+/// closes that land out of order (each writes its own deadline, the last one landing
+/// wins), and one attempt's timeout the write last sent. Deletions wait this long
+/// before they look for records that arrived late.
+pub fn write_window(retry: &RetryPolicy) -> Duration {
+    retry.budget * 3 + retry.attempt_timeout
+}
+
+/// What became of a settled answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Paid, or durable and owed, and kept in its conversation.
+    Kept,
+    /// Paid, or durable and owed; its conversation was deleted while the chat ran, so
+    /// the answer is given but not kept (its record has no text).
+    ConversationDeleted,
 }
 
 /// What the model gave back, to be kept with the chat.
@@ -193,7 +214,7 @@ impl<'a> Charges<'a> {
     /// not, and now never can be: the charge is refunded. `Err(Store)`: the store kept
     /// failing, and what became of the charge is not known yet (recovery decides it by
     /// the chat item).
-    pub async fn settle(&self, hold: &Hold, answer: Answered<'_>) -> Result<(), ChargeError> {
+    pub async fn settle(&self, hold: &Hold, answer: Answered<'_>) -> Result<Settled, ChargeError> {
         let charge = &hold.charge;
         let record = ChatOutcome::Answered {
             message: answer.message,
@@ -203,16 +224,21 @@ impl<'a> Charges<'a> {
             balance: answer.balance,
             finish_reason: answer.finish_reason,
         };
+        let until = self.settling_until();
         let (recorded, closed, touched) = tokio::join!(
             self.store.record_chat(charge, record),
-            self.store.close_charge(charge, Close::Keep),
+            self.store.close_charge(charge, Close::Keep, until),
             self.store
-                .touch_conversation(charge, answer.title, answer.model),
+                .touch_conversation(charge, answer.title, answer.model, until),
         );
-        if let Err(e) = touched {
-            // The answer stands; only the conversation's listing lags.
-            tracing::warn!(charge = %charge.id, error = %Chain(&e), "conversation not updated");
-        }
+        let deleted = match touched {
+            Ok(touched) => touched == Touched::Deleted,
+            Err(e) => {
+                // The answer stands; only the conversation's listing lags.
+                tracing::warn!(charge = %charge.id, error = %Chain(&e), "conversation not updated");
+                false
+            }
+        };
         let next = async {
             match (recorded, closed) {
                 (Ok(_), Ok(_)) => Ok(()),
@@ -230,7 +256,22 @@ impl<'a> Charges<'a> {
                     Ok(())
                 }
                 (Err(_), Err(e)) => self.decide(charge, record, answer.message, e).await,
+            }?;
+            if !deleted {
+                return Ok(Settled::Kept);
             }
+            // The conversation was deleted while this chat ran: the answer is paid for
+            // and given, but not kept, and a chat sent without a conversation must not
+            // continue the deleted one.
+            let id = ConversationId::from_stored(charge.conversation_id.clone());
+            let (stripped, forgot) = tokio::join!(
+                self.store.record_chat_without_text(charge, record),
+                self.store.forget_conversation(&charge.account, &id),
+            );
+            if let Err(e) = stripped.and(forgot) {
+                tracing::error!(charge = %charge.id, error = %Chain(&e), "answer of a deleted conversation not stripped");
+            }
+            Ok(Settled::ConversationDeleted)
         };
         let budget = self.store.retry_policy().budget;
         tokio::time::timeout(budget, next)
@@ -269,7 +310,12 @@ impl<'a> Charges<'a> {
         }
         let paid = match open? {
             false => true,
-            true => !self.store.close_charge(charge, Close::GiveBack).await?,
+            true => {
+                !self
+                    .store
+                    .close_charge(charge, Close::GiveBack, self.settling_until())
+                    .await?
+            }
         };
         if paid {
             // The close (keeping the credits) landed after all: the answer was paid for.
@@ -292,7 +338,11 @@ impl<'a> Charges<'a> {
     /// user's): give the credits back, leaving no chat item. `false`: the close failed
     /// and recovery refunds it.
     pub async fn cancel(&self, hold: &Hold) -> bool {
-        match self.store.close_charge(&hold.charge, Close::GiveBack).await {
+        match self
+            .store
+            .close_charge(&hold.charge, Close::GiveBack, self.settling_until())
+            .await
+        {
             Ok(_) => true,
             Err(e) => {
                 tracing::error!(charge = %hold.charge.id, error = %Chain(&e), "cancel failed; recovery will refund");
@@ -310,7 +360,8 @@ impl<'a> Charges<'a> {
             reason,
         };
         let (closed, recorded) = tokio::join!(
-            self.store.close_charge(charge, Close::GiveBack),
+            self.store
+                .close_charge(charge, Close::GiveBack, self.settling_until()),
             self.store.record_chat(charge, record),
         );
         if let Err(e) = recorded {
@@ -346,13 +397,17 @@ impl<'a> Charges<'a> {
             } else {
                 Close::GiveBack
             };
-            match self.store.close_charge(charge, close).await {
+            match self
+                .store
+                .close_charge(charge, close, self.settling_until())
+                .await
+            {
                 Ok(true) if answered => {
-                    tracing::warn!(user = %charge.user_key, charge = %charge.id, "settled an abandoned, answered charge")
+                    tracing::warn!(user = %charge.account.user_key, charge = %charge.id, "settled an abandoned, answered charge")
                 }
                 Ok(true) => {
                     back += charge.cost;
-                    tracing::warn!(user = %charge.user_key, charge = %charge.id, cost = charge.cost, "refunded an abandoned charge");
+                    tracing::warn!(user = %charge.account.user_key, charge = %charge.id, cost = charge.cost, "refunded an abandoned charge");
                     let record = ChatOutcome::Refunded {
                         message: None,
                         reason: ABANDONED,
@@ -385,6 +440,11 @@ impl<'a> Charges<'a> {
             .map(|c| c.cost)
             .sum();
         Ok(user.balance + returning)
+    }
+
+    /// Until when a request that closes a charge now may still write what goes with it.
+    fn settling_until(&self) -> u64 {
+        now_millis() + write_window(&self.store.retry_policy()).as_millis() as u64
     }
 
     fn abandoned(&self, open: Vec<OpenCharge>) -> Vec<OpenCharge> {

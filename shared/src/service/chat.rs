@@ -9,11 +9,11 @@
 //! [`ChatService::end`], which asks the charge lifecycle's rule ([`Ending::is_charged`])
 //! whether the answer is paid for.
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use super::outcome::{Answer, Outcome};
 use super::{
-    charges::{Answered, ChargeError, Charges, Ending, Hold},
+    charges::{Answered, ChargeError, Charges, Ending, Hold, Settled},
     conversations::{Choice, Conversations},
 };
 use crate::{
@@ -21,33 +21,11 @@ use crate::{
     domain::{ChatMessage, ConversationId, Model, Usage},
     gemini::{self, GeminiClient, ModelName, Prompt},
     store::{
-        self, ChargeState, Claim, DebitGuard, KeyOwner, OpenCharge, PastTurn, Store, now_millis,
+        self, Account, ChargeState, Claim, DebitGuard, KeyOwner, OpenCharge, PastTurn, Store,
+        now_millis,
     },
     telemetry::Chain,
 };
-
-/// What a chat turn produced. This is what an idempotency record keeps and replays.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Outcome {
-    /// The model answered and the answer was paid for.
-    Answered(Answer),
-    /// The model would not answer this message (safety); nothing was charged.
-    Refused { reason: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Answer {
-    pub message: String,
-    pub response: String,
-    /// The balance after this chat was paid.
-    pub tokens_remaining: u64,
-    pub conversation_id: String,
-    pub model: String,
-    pub cost: u64,
-    pub usage: Usage,
-    pub finish_reason: Option<String>,
-}
 
 /// A chat turn that can't go on, in the service's terms.
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +147,8 @@ pub struct OpenStream {
 /// What the client asked for.
 #[derive(Debug)]
 pub struct ChatRequest {
-    pub user_key: String,
+    /// Whose: the account the token's session belongs to.
+    pub account: Account,
     pub message: ChatMessage,
     pub idempotency_key: Option<String>,
     pub conversation: Choice,
@@ -227,7 +206,7 @@ impl<'a> ChatService<'a> {
         let placement = conversations.place(req.conversation, req.last_conversation);
         let charge = OpenCharge {
             id: Uuid::now_v7().to_string(),
-            user_key: req.user_key,
+            account: req.account,
             conversation_id: placement.id.as_str().to_owned(),
             cost: req.model.cost,
             opened_at: now_millis(),
@@ -240,7 +219,7 @@ impl<'a> ChatService<'a> {
             None => None,
             Some(key) => {
                 if let Some(replay) = self
-                    .claim(&charge.user_key, &key, &req.message, &owner)
+                    .claim(&charge.account, &key, &req.message, &owner)
                     .await?
                 {
                     return Ok(Begun::Replay(replay));
@@ -248,7 +227,7 @@ impl<'a> ChatService<'a> {
                 Some((key, owner))
             }
         };
-        let user = charge.user_key.clone();
+        let user = charge.account.clone();
         let id = &placement.id;
         let charges = self.charges();
         let (held, exists, history) = tokio::join!(
@@ -430,12 +409,12 @@ impl<'a> ChatService<'a> {
                 },
             )
             .await;
-        match settled {
-            Ok(()) => {}
+        let kept = match settled {
+            Ok(kept) => kept,
             Err(ChargeError::Withheld(e)) => {
                 // Refunded for certain: a retry may go differently.
                 if let Some((key, owner)) = &turn.key {
-                    self.release(&hold.charge.user_key, key, owner).await;
+                    self.release(&hold.charge.account, key, owner).await;
                 }
                 return Err(ChatError::Withheld(e));
             }
@@ -443,19 +422,25 @@ impl<'a> ChatService<'a> {
             // gets what recovery made of it.
             Err(ChargeError::Store(e)) => return Err(ChatError::Unsettled(e)),
             Err(other) => return Err(other.into()),
-        }
+        };
         tracing::info!(
-            user = %hold.charge.user_key, charge = %hold.charge.id, cost = hold.charge.cost,
+            user = %hold.charge.account.user_key, charge = %hold.charge.id, cost = hold.charge.cost,
             balance = answer.tokens_remaining, model = %answer.model,
             served_by = %reply.model, context_turns = turn.context.len(),
             prompt_tokens = answer.usage.prompt_tokens, response_tokens = answer.usage.response_tokens,
             finish_reason = answer.finish_reason.as_deref().unwrap_or("-"),
             "chat answered"
         );
-        // Only after the settle: a key must never replay an answer that was not paid.
+        // Only after the settle: a key must never replay an answer that was not paid,
+        // nor the text of a deleted conversation.
         if let Some((key, owner)) = &turn.key {
-            let outcome = Outcome::Answered(answer.clone());
-            self.finish(&hold.charge.user_key, key, owner, &outcome)
+            let outcome = match kept {
+                Settled::Kept => Outcome::Answered(answer.clone()),
+                Settled::ConversationDeleted => Outcome::ConversationDeleted {
+                    conversation_id: answer.conversation_id.clone(),
+                },
+            };
+            self.finish(&hold.charge.account, key, owner, &outcome)
                 .await;
         }
         Ok(answer)
@@ -477,7 +462,7 @@ impl<'a> ChatService<'a> {
         recovered: u64,
     ) -> (ChatError, Option<u64>) {
         let hold = &turn.hold;
-        let user = &hold.charge.user_key;
+        let user = &hold.charge.account;
         let reason = err.to_string();
         let refusal = err.blocked_reason().map(|reason| Outcome::Refused {
             reason: reason.to_owned(),
@@ -495,7 +480,7 @@ impl<'a> ChatService<'a> {
             keep_key
         );
         if refunded {
-            tracing::warn!(user = %user, charge = %hold.charge.id, reason, "model failed; refunded");
+            tracing::warn!(user = %user.user_key, charge = %hold.charge.id, reason, "model failed; refunded");
         }
         let balance = refunded.then_some(hold.balance + recovered + hold.charge.cost);
         (ChatError::Model(err), balance)
@@ -521,7 +506,7 @@ impl<'a> ChatService<'a> {
     /// `Some(outcome)`: the key's first request already ended; replay it.
     async fn claim(
         &self,
-        user: &str,
+        user: &Account,
         key: &str,
         message: &ChatMessage,
         owner: &KeyOwner,
@@ -545,7 +530,7 @@ impl<'a> ChatService<'a> {
                 // will be, by recovery): replay it rather than charge again.
                 let charge = OpenCharge {
                     id: stale.charge_id.clone(),
-                    user_key: user.to_owned(),
+                    account: user.clone(),
                     conversation_id: stale.conversation_id.clone(),
                     cost: 0,
                     opened_at: 0,
@@ -578,7 +563,7 @@ impl<'a> ChatService<'a> {
         }
     }
 
-    async fn finish(&self, user: &str, key: &str, owner: &KeyOwner, outcome: &Outcome) {
+    async fn finish(&self, user: &Account, key: &str, owner: &KeyOwner, outcome: &Outcome) {
         let stored = match serde_json::to_string(outcome) {
             Ok(stored) => stored,
             Err(e) => {
@@ -596,7 +581,7 @@ impl<'a> ChatService<'a> {
         }
     }
 
-    async fn release(&self, user: &str, key: &str, owner: &KeyOwner) {
+    async fn release(&self, user: &Account, key: &str, owner: &KeyOwner) {
         if let Err(e) = self.store.release_idempotency_key(user, key, owner).await {
             tracing::error!(error = %Chain(&e), "could not free the idempotency key");
         }

@@ -84,6 +84,15 @@ pub fn chat_app_on(app: App, gemini: GeminiConfig) -> ChatApp {
 /// its calls). The environment's service-specific endpoint would win over the proxy, so
 /// the SDK config is made of the loaded one's parts without it.
 pub async fn store_through(proxy: &testkit::faults::FaultProxy, table: &str) -> Store {
+    store_through_with(proxy, table, Default::default()).await
+}
+
+/// [`store_through`] with its own retry policy.
+pub async fn store_through_with(
+    proxy: &testkit::faults::FaultProxy,
+    table: &str,
+    retry: shared::store::RetryPolicy,
+) -> Store {
     let loaded = shared::aws::config().await;
     let mut sdk = aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
@@ -93,7 +102,7 @@ pub async fn store_through(proxy: &testkit::faults::FaultProxy, table: &str) -> 
     sdk.set_http_client(loaded.http_client());
     sdk.set_sleep_impl(loaded.sleep_impl());
     sdk.set_time_source(loaded.time_source());
-    Store::connect(&sdk.build(), table, Default::default())
+    Store::connect(&sdk.build(), table, retry)
 }
 
 /// `chat_app` with its store going through `proxy`; same table, same configuration.
@@ -218,6 +227,16 @@ pub async fn user_token(app: &App, username: &str) -> String {
     json_of(&resp)["token"].as_str().unwrap().to_owned()
 }
 
+/// The account that holds the name `username` now.
+pub async fn account(app: &App, username: &str) -> shared::store::Account {
+    app.store
+        .user(username)
+        .await
+        .unwrap()
+        .expect("the user exists")
+        .account
+}
+
 pub async fn balance(app: &App, token: &str) -> u64 {
     let resp = shared::api::tokens::handle(app, event("GET", "/api/tokens/", Some(token), None))
         .await
@@ -241,6 +260,26 @@ pub async fn chat_request(chat_app: &ChatApp, req: Request) -> Response<Body> {
     let (parts, body) = resp.into_parts();
     let bytes = body.collect().await;
     Response::from_parts(parts, Body::Binary(bytes.to_vec()))
+}
+
+/// Every item of the table.
+pub async fn table_items(
+    app: &App,
+) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    let scan = app
+        .store
+        .client()
+        .scan()
+        .table_name(app.store.table())
+        .send()
+        .await
+        .unwrap();
+    scan.items.unwrap_or_default()
+}
+
+/// Every item of the table, as text: what a copy of the table would show.
+pub async fn table_text(app: &App) -> String {
+    format!("{:?}", table_items(app).await)
 }
 
 /// Asserts that the user's books balance, and returns them.
