@@ -538,16 +538,22 @@ impl<'a> ChatService<'a> {
                 if let Some(record) = self.store.chat(&charge).await?
                     && record.state == ChargeState::Completed
                 {
-                    let outcome = Outcome::Answered(Answer {
-                        message: record.message,
-                        response: record.response.unwrap_or_default(),
-                        tokens_remaining: record.balance.unwrap_or_default(),
-                        conversation_id: record.conversation_id,
-                        model: record.model.unwrap_or_default(),
-                        cost: record.cost,
-                        usage: record.usage.unwrap_or_default(),
-                        finish_reason: record.finish_reason,
-                    });
+                    let outcome = match record.response {
+                        // Answered, but its conversation was deleted since: no text.
+                        None => Outcome::ConversationDeleted {
+                            conversation_id: record.conversation_id,
+                        },
+                        Some(response) => Outcome::Answered(Answer {
+                            message: record.message,
+                            response,
+                            tokens_remaining: record.balance.unwrap_or_default(),
+                            conversation_id: record.conversation_id,
+                            model: record.model.unwrap_or_default(),
+                            cost: record.cost,
+                            usage: record.usage.unwrap_or_default(),
+                            finish_reason: record.finish_reason,
+                        }),
+                    };
                     self.finish(user, key, &stale, &outcome).await;
                     return Ok(Some(outcome));
                 }
