@@ -9,6 +9,11 @@
 //!
 //! The error bodies are DynamoDB's JSON 1.0 protocol errors, so the SDK parses them as
 //! it would on AWS (`__type` names the exception).
+//!
+//! A [`Hold`] stops matching requests at the proxy until the test releases them: the
+//! way to land another request in between a request's read and its write, on purpose
+//! and every time — or to land a write at a moment the test chooses, after its caller
+//! has given up on it (a held request reaches DynamoDB even if its caller hung up).
 
 use std::{
     net::SocketAddr,
@@ -27,7 +32,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 /// What a matched request gets instead of DynamoDB's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +93,68 @@ struct Shared {
     operations: Mutex<Vec<String>>,
     /// When the latest answer was handed back to the caller.
     last_answer: Mutex<Option<Instant>>,
+    holds: Mutex<Vec<Arc<HoldState>>>,
+}
+
+/// Requests held at the proxy until [`Hold::release`] (or until the `Hold` is dropped,
+/// so a failing test can't leave them hanging). Every attempt of a matching request is
+/// held, retries included; once released, they and any later ones go on to the rules
+/// and DynamoDB Local.
+pub struct Hold {
+    state: Arc<HoldState>,
+}
+
+struct HoldState {
+    operation: &'static str,
+    body_contains: &'static str,
+    /// How many matching requests have arrived.
+    arrived: watch::Sender<usize>,
+    /// How many of them have not been answered yet.
+    unanswered: watch::Sender<usize>,
+    released: watch::Sender<bool>,
+}
+
+/// The longest a test waits for held requests to arrive or land.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+impl Hold {
+    /// Waits until `count` matching requests are being held (or were, before a release):
+    /// how a test knows the request it holds was sent, without sleeping.
+    pub async fn arrived(&self, count: usize) {
+        let mut arrived = self.state.arrived.subscribe();
+        tokio::time::timeout(PATIENCE, arrived.wait_for(|n| *n >= count))
+            .await
+            .unwrap_or_else(|_| panic!("{count} requests were not held within {PATIENCE:?}"))
+            .ok();
+    }
+
+    /// Matching requests held and not yet answered: waiting, or released and still on
+    /// their way to DynamoDB Local.
+    pub fn unanswered(&self) -> usize {
+        *self.state.unanswered.borrow()
+    }
+
+    /// Lets the held requests, and any later ones, go on to DynamoDB Local.
+    pub fn release(&self) {
+        self.state.released.send_replace(true);
+    }
+
+    /// Releases the held requests and waits until DynamoDB Local has answered every one
+    /// (their callers may have hung up long ago).
+    pub async fn land(&self) {
+        self.release();
+        let mut unanswered = self.state.unanswered.subscribe();
+        tokio::time::timeout(PATIENCE, unanswered.wait_for(|n| *n == 0))
+            .await
+            .unwrap_or_else(|_| panic!("held requests had not landed within {PATIENCE:?}"))
+            .ok();
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// A running proxy. Dropping it stops the server.
@@ -122,6 +189,7 @@ impl FaultProxy {
             injected: AtomicUsize::new(0),
             operations: Mutex::new(Vec::new()),
             last_answer: Mutex::new(None),
+            holds: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -152,6 +220,20 @@ impl FaultProxy {
 
     pub fn set_rules(&self, rules: impl IntoIterator<Item = Rule>) {
         *self.shared.rules.lock().unwrap() = rules.into_iter().collect();
+    }
+
+    /// Holds `operation` requests whose body contains `body_contains` at the proxy, unsent,
+    /// until the returned [`Hold`] is released.
+    pub fn hold(&self, operation: &'static str, body_contains: &'static str) -> Hold {
+        let state = Arc::new(HoldState {
+            operation,
+            body_contains,
+            arrived: watch::Sender::new(0),
+            unanswered: watch::Sender::new(0),
+            released: watch::Sender::new(false),
+        });
+        self.shared.holds.lock().unwrap().push(state.clone());
+        Hold { state }
     }
 
     /// Requests answered with a fault so far (applied-then-lost ones included).
@@ -209,13 +291,14 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let answer = answer(&shared, method, uri, headers, body).await;
+    let answer = route(&shared, method, uri, headers, body).await;
     *shared.last_answer.lock().unwrap() = Some(Instant::now());
     answer
 }
 
-async fn answer(
-    shared: &Shared,
+/// Holds the request if a test asked to, then answers it.
+async fn route(
+    shared: &Arc<Shared>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -229,13 +312,58 @@ async fn answer(
         .unwrap_or("")
         .to_owned();
     shared.operations.lock().unwrap().push(operation.clone());
+    let hold = {
+        let text = String::from_utf8_lossy(&body);
+        shared
+            .holds
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|h| h.operation == operation && text.contains(h.body_contains))
+            .cloned()
+    };
+    match hold {
+        None => answer(shared, operation, method, uri, headers, body).await,
+        // A held request reaches DynamoDB when released even if its caller has hung up
+        // meanwhile: the wait and the forwarding run apart from this connection.
+        Some(hold) => {
+            hold.arrived.send_modify(|n| *n += 1);
+            hold.unanswered.send_modify(|n| *n += 1);
+            let shared = shared.clone();
+            detached(async move {
+                let mut released = hold.released.subscribe();
+                let _ = released.wait_for(|open| *open).await;
+                let answer = answer(&shared, operation, method, uri, headers, body).await;
+                hold.unanswered.send_modify(|n| *n -= 1);
+                answer
+            })
+            .await
+        }
+    }
+}
+
+/// The fault a request gets by the rules, or DynamoDB Local's answer.
+async fn answer(
+    shared: &Arc<Shared>,
+    operation: String,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let fault = shared.fault_for(&operation, &body);
     match fault {
         None => forward(shared, method, &uri, &headers, body).await,
+        // A late request still reaches DynamoDB when its caller has hung up: the wait and
+        // the forwarding run apart from this connection, which may be dropped meanwhile.
         Some(Fault::Delay(pause)) => {
             shared.injected.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(pause).await;
-            forward(shared, method, &uri, &headers, body).await
+            let late = shared.clone();
+            detached(async move {
+                tokio::time::sleep(pause).await;
+                forward(&late, method, &uri, &headers, body).await
+            })
+            .await
         }
         Some(Fault::AppliedThenLost) => {
             shared.injected.fetch_add(1, Ordering::SeqCst);
@@ -272,6 +400,13 @@ async fn answer(
             }
         }
     }
+}
+
+/// Runs `work` on its own task, so it finishes even if the caller's connection goes.
+async fn detached(work: impl Future<Output = Response> + Send + 'static) -> Response {
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
 async fn forward(

@@ -98,6 +98,7 @@ async fn bench(dir: &Path, spawns: usize, warm: usize, gap_runs: usize) -> Resul
         ("AWS_LAMBDA_LOG_FORMAT", "JSON".to_owned()),
         ("AWS_LAMBDA_LOG_LEVEL", "INFO".to_owned()),
         ("REGISTER_IP_LIMIT", "1000000".to_owned()),
+        ("REGISTRATIONS_PER_HOUR", "1000000".to_owned()),
         ("CHATS_IN_FLIGHT", "1000".to_owned()),
         ("CHATS_PER_MINUTE", "1000000".to_owned()),
     ];

@@ -1,6 +1,7 @@
 //! The endpoints. Each function's `main` hands every request to one entry point here
 //! (`register::handle`, `sessions::route`, [`chat_function`], [`tokens_function`]): it
-//! never fails at the Lambda level, every outcome is an HTTP response.
+//! never fails at the Lambda level, every outcome is an HTTP response, and every
+//! response leaves through [`http::with_common_headers`].
 
 pub mod chat;
 pub mod conversations;
@@ -41,23 +42,25 @@ pub async fn chat_function(
     req: Request,
 ) -> Result<Response<http::StreamBody>, Error> {
     let path = route_path(&req);
-    if conversations::serves(&path) {
-        let resp = conversations::handle(&chat_app.app, req, &path).await;
-        return Ok(http::into_stream(resp));
-    }
-    chat::handle(chat_app, req).await
+    let resp = if conversations::serves(&path) {
+        http::into_stream(conversations::handle(&chat_app.app, req, &path).await)
+    } else {
+        chat::handle(chat_app, req).await?
+    };
+    Ok(http::with_common_headers(resp))
 }
 
 /// The tokens function: `/api/tokens/`, `/api/models/` and `/api/openapi.json`, all read-only.
 pub async fn tokens_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
     let path = route_path(&req);
-    if path == "/api/models" {
-        return Ok(models::handle(app, req).await);
-    }
-    if path.ends_with("/openapi.json") {
-        return Ok(openapi::handle(req).await);
-    }
-    tokens::handle(app, req).await
+    let resp = if path == "/api/models" {
+        models::handle(app, req).await
+    } else if path.ends_with("/openapi.json") {
+        openapi::handle(req).await
+    } else {
+        tokens::handle(app, req).await?
+    };
+    Ok(http::with_common_headers(resp))
 }
 
 /// What every function builds once per cold start.
