@@ -8,6 +8,9 @@
 //!   median of `--spawns` (default 15) fresh processes per binary, interleaved round by
 //!   round (each round in a rotated order) so that the machine's load drifts over all
 //!   binaries alike.
+//! - **init CPU**: the CPU time (all threads) that process had used by its first poll: the
+//!   same start-up as work done, steady where the wall time of a few milliseconds on a
+//!   busy machine is mostly waiting for a core.
 //! - **first request**: that fresh process's first invocation, from queueing it to the
 //!   emulator holding the whole response — where init work put off until first use
 //!   would show.
@@ -79,6 +82,7 @@ pub async fn run(args: &[String]) -> ExitCode {
 struct Measured {
     size_mb: f64,
     init: Vec<Duration>,
+    init_cpu: Vec<Duration>,
     first: Vec<Duration>,
     warm: Vec<Duration>,
     peak_rss_kib: u64,
@@ -137,6 +141,7 @@ async fn bench(dir: &Path, spawns: usize, warm: usize, gap_runs: usize) -> Resul
             let polled = tokio::time::timeout(PATIENCE, runtime.first_poll())
                 .await
                 .map_err(|_| format!("{name} never polled for an invocation"))?;
+            measured[i].init_cpu.push(function.cpu_time());
             request += 1;
             let first = timed(&runtime, name, event_for(name, request)).await?;
             measured[i].init.push(polled - spawned);
@@ -182,13 +187,15 @@ async fn bench(dir: &Path, spawns: usize, warm: usize, gap_runs: usize) -> Resul
 
 fn report(measured: &[Measured], spawns: usize, warm: usize) {
     println!(
-        "init: spawn -> first poll of the Runtime API, median of {spawns} spawns; first request: that process's first invocation (median); warm: {warm} invocations of one process; peak RSS: its VmHWM after them\n"
+        "init: spawn -> first poll of the Runtime API, median of {spawns} spawns; init CPU: CPU time used by then (median); first request: that process's first invocation (median); warm: {warm} invocations of one process; peak RSS: its VmHWM after them\n"
     );
     println!(
-        "{:<12} {:>8} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>7} {:>8}",
+        "{:<12} {:>8} {:>9} {:>7} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>7} {:>8}",
         "binary",
         "size",
         "init",
+        "× hello",
+        "init CPU",
         "× hello",
         "first req",
         "warm p50",
@@ -198,10 +205,13 @@ fn report(measured: &[Measured], spawns: usize, warm: usize) {
         "nodelay"
     );
     let mut base_init = None;
+    let mut base_cpu = None;
     let mut base_rss = None;
     for (name, m) in BINARIES.iter().zip(measured) {
         let (mut init, mut first, mut warm) = (m.init.clone(), m.first.clone(), m.warm.clone());
         let init = percentile(&mut init, 50);
+        let cpu = percentile(&mut m.init_cpu.clone(), 50);
+        let base_cpu = *base_cpu.get_or_insert(cpu.as_secs_f64());
         let rss = m.peak_rss_kib as f64 / 1024.0;
         let base_init = *base_init.get_or_insert(init.as_secs_f64());
         let base_rss = *base_rss.get_or_insert(rss);
@@ -211,11 +221,13 @@ fn report(measured: &[Measured], spawns: usize, warm: usize) {
             (false, false) => "OFF",
         };
         println!(
-            "{:<12} {:>5.1} MB {:>9} {:>7.2} {:>10} {:>9} {:>9} {:>6.1} MB {:>7.2} {:>8}",
+            "{:<12} {:>5.1} MB {:>9} {:>7.2} {:>9} {:>7.2} {:>10} {:>9} {:>9} {:>6.1} MB {:>7.2} {:>8}",
             name,
             m.size_mb,
             ms(init),
             init.as_secs_f64() / base_init,
+            ms(cpu),
+            cpu.as_secs_f64() / base_cpu,
             ms(percentile(&mut first, 50)),
             ms(percentile(&mut warm, 50)),
             ms(percentile(&mut warm, 99)),
