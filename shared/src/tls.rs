@@ -147,7 +147,7 @@ mod tests {
             "Amazon Root CA 4",
             "Starfield Services Root Certificate Authority - G2",
         ];
-        assert_eq!(subjects.len(), expected.len(), "{subjects:?}");
+        assert_eq!(subjects.len(), expected.len(), "roots handed to the AWS client");
         for (subject, name) in subjects.iter().zip(expected) {
             assert!(subject.contains(name), "{subject:?} is not {name}");
         }
