@@ -147,7 +147,11 @@ mod tests {
             "Amazon Root CA 4",
             "Starfield Services Root Certificate Authority - G2",
         ];
-        assert_eq!(subjects.len(), expected.len(), "roots handed to the AWS client");
+        assert_eq!(
+            subjects.len(),
+            expected.len(),
+            "roots handed to the AWS client"
+        );
         for (subject, name) in subjects.iter().zip(expected) {
             assert!(subject.contains(name), "{subject:?} is not {name}");
         }
