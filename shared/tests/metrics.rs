@@ -101,14 +101,14 @@ async fn nothing_recorded_writes_nothing_and_outside_an_invocation_nothing_is_re
 #[tokio::test]
 async fn a_task_that_outlives_the_handler_records_into_the_same_line() {
     let record = Record::new("ChatBackend", "chat");
-    let task = metrics::scope(record.clone(), async {
-        let current = metrics::current().expect("inside an invocation");
-        tokio::spawn(metrics::scope(current, async {
-            metrics::count_by(Metric::ChatsStreamed, "gemini-flash-latest", 1);
-        }))
-    })
-    .await;
-    task.await.unwrap();
+    let current = metrics::scope(record.clone(), async { metrics::current() })
+        .await
+        .expect("inside an invocation");
+    tokio::spawn(metrics::scope(current, async {
+        metrics::count_by(Metric::ChatsStreamed, "gemini-flash-latest", 1);
+    }))
+    .await
+    .unwrap();
     assert_eq!(record.total(Metric::ChatsStreamed), 1.0);
 }
 
