@@ -74,6 +74,12 @@ pub enum ApiError {
     Upstream(#[source] gemini::Error),
     #[error("The service is briefly overloaded; try again shortly. You were not charged.")]
     Unavailable(#[source] store::Error),
+    /// The answer could not be stored, and the store kept failing while the service
+    /// found out whether it had been charged.
+    #[error(
+        "The service is briefly overloaded and could not confirm that your answer was stored. If it was, it appears in your history and was charged; if not, you are not charged. A retry with the same Idempotency-Key gets whichever it was."
+    )]
+    Unsettled(#[source] store::Error),
     #[error("Internal server error.")]
     Internal(#[source] BoxError),
 }
@@ -110,7 +116,7 @@ impl ApiError {
             Upstream(e) if e.is_overloaded() => StatusCode::SERVICE_UNAVAILABLE,
             Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             Upstream(_) => StatusCode::BAD_GATEWAY,
-            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable(_) | Unsettled(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -140,7 +146,7 @@ impl ApiError {
             Upstream(e) if e.is_overloaded() => "model_unavailable",
             Upstream(e) if e.is_timeout() => "model_timeout",
             Upstream(_) => "model_error",
-            Unavailable(_) => "service_unavailable",
+            Unavailable(_) | Unsettled(_) => "service_unavailable",
             Internal(_) => "internal_error",
         }
     }
@@ -170,7 +176,10 @@ impl ApiError {
                 vec![("www-authenticate", "Token".into())]
             }
             Self::MethodNotAllowed { allowed, .. } => vec![("allow", (*allowed).into())],
-            Self::IdempotencyInProgress | Self::Unavailable(_) | Self::ChatsRunning => {
+            Self::IdempotencyInProgress
+            | Self::Unavailable(_)
+            | Self::Unsettled(_)
+            | Self::ChatsRunning => {
                 vec![("retry-after", "1".into())]
             }
             Self::Throttled { retry_after, .. } => {
@@ -324,7 +333,9 @@ impl From<ChatError> for ApiError {
             ChatError::InProgress => Self::IdempotencyInProgress,
             ChatError::NoConversation => Self::NotFound("conversation"),
             ChatError::Model(e) => e.into(),
-            ChatError::Store(e) => e.into(),
+            ChatError::Withheld(e) => Self::Unavailable(e),
+            ChatError::Unsettled(e) if e.is_unavailable() => Self::Unsettled(e),
+            ChatError::Unsettled(e) | ChatError::Store(e) => e.into(),
         }
     }
 }

@@ -360,16 +360,7 @@ async fn a_deleted_accounts_books_still_audit_clean() {
     assert_eq!(tokens_status(app, &other).await.0, 401);
     assert!(app.store.chats("john").await.unwrap().is_empty());
     assert!(audit::audit(&app.store, "john").await.unwrap().is_none());
-    let items = app
-        .store
-        .client()
-        .scan()
-        .table_name(app.store.table())
-        .send()
-        .await
-        .unwrap()
-        .items
-        .unwrap_or_default();
+    let items = table_items(app).await;
     let text = format!("{items:?}");
     assert!(
         !text.contains("secret"),
@@ -698,6 +689,38 @@ async fn a_login_checked_before_the_account_was_deleted_never_lands_in_the_names
         json_of(&resp)["sessions"].as_array().unwrap().len(),
         1,
         "only the newcomer's own session"
+    );
+}
+
+#[tokio::test]
+async fn a_logout_everywhere_checked_before_the_account_was_deleted_never_ends_the_next_owners_sessions()
+ {
+    let app = app().await;
+    let token = user_token(&app, "john").await;
+    let relay = testkit::faults::FaultProxy::in_front_of_local().await;
+    let through = app_through(&relay, &app, patient()).await;
+    // Only "log out everywhere" empties the sessions map.
+    let hold = relay.hold("UpdateItem", "sessions = :empty");
+    let held = {
+        let token = token.clone();
+        tokio::spawn(
+            async move { call(&through, "POST", "/api/logout/all/", Some(&token), None).await },
+        )
+    };
+    hold.arrived(1).await;
+    assert_eq!(delete(&app, &token, PASSWORD).await.status(), 200);
+    let newcomer = "the newcomer's password";
+    assert_eq!(register(&app, "john", newcomer).await.status(), 201);
+    let resp = login(&app, "john", newcomer).await;
+    let theirs = json_of(&resp)["token"].as_str().unwrap().to_owned();
+    hold.release();
+    held.await.unwrap();
+    let resp = call(&app, "GET", "/api/sessions/", Some(&theirs), None).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "the newcomer is still signed in: {}",
+        json_of(&resp)
     );
 }
 

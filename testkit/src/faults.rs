@@ -5,7 +5,9 @@
 //! (point `AWS_ENDPOINT_URL_DYNAMODB` at [`FaultProxy::url`]) and forwards every request,
 //! except that requests matching a [`Rule`] are, at the rule's rate, answered with one
 //! of AWS's error responses instead — or forwarded and *then* answered with a 500, as
-//! when DynamoDB applied a write but its answer was lost.
+//! when DynamoDB applied a write but its answer was lost — or held until the test
+//! releases them ([`Fault::Hold`], [`FaultProxy::release`]), so that a write lands at a
+//! moment the test chooses, after the caller has given up on it.
 //!
 //! The error bodies are DynamoDB's JSON 1.0 protocol errors, so the SDK parses them as
 //! it would on AWS (`__type` names the exception).
@@ -50,6 +52,10 @@ pub enum Fault {
     AppliedThenLost,
     /// The answer comes after this long (to exceed attempt timeouts), then as usual.
     Delay(Duration),
+    /// The request waits until [`FaultProxy::release`], then reaches DynamoDB Local and
+    /// is answered as usual. A caller whose attempt timed out meanwhile gets nothing, yet
+    /// the request is still applied: a write that lands late, when the test says.
+    Hold,
 }
 
 /// Which requests a fault applies to, and how often.
@@ -91,6 +97,10 @@ struct Shared {
     /// Every request's operation, in arrival order, until [`FaultProxy::take_operations`].
     operations: Mutex<Vec<String>>,
     holds: Mutex<Vec<Arc<HoldState>>>,
+    /// Held requests wait for this to move past the value they saw on arrival.
+    releases: watch::Sender<u64>,
+    /// Requests held and not yet released.
+    held: AtomicUsize,
 }
 
 /// Requests held at the proxy until [`Hold::release`] (or until the `Hold` is dropped,
@@ -158,6 +168,8 @@ impl FaultProxy {
             injected: AtomicUsize::new(0),
             operations: Mutex::new(Vec::new()),
             holds: Mutex::new(Vec::new()),
+            releases: watch::Sender::new(0),
+            held: AtomicUsize::new(0),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -211,6 +223,41 @@ impl FaultProxy {
     /// Requests that reached DynamoDB Local.
     pub fn forwarded(&self) -> usize {
         self.shared.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Requests held by a [`Fault::Hold`] rule and not yet through: waiting, or
+    /// released and still on their way to DynamoDB Local.
+    pub fn held(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `count` requests are held (at most `within`): how a test
+    /// knows the write it holds was sent, without sleeping.
+    pub async fn wait_until_held(&self, count: usize, within: Duration) {
+        self.wait_for_held(|held| held >= count, within).await
+    }
+
+    /// Waits until every released request has reached DynamoDB Local and been answered.
+    pub async fn wait_until_landed(&self, within: Duration) {
+        self.wait_for_held(|held| held == 0, within).await
+    }
+
+    async fn wait_for_held(&self, done: impl Fn(usize) -> bool, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !done(self.held()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still {} requests held after {within:?}",
+                self.held()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Lets every request held so far through to DynamoDB Local, in arrival order of
+    /// their wake-up. Requests held later wait for the next release.
+    pub fn release(&self) {
+        self.shared.releases.send_modify(|n| *n += 1);
     }
 
     /// The operations asked for since the last call (`GetItem`, `UpdateItem`…), in the
@@ -278,10 +325,30 @@ async fn handle(
     let fault = shared.fault_for(&operation, &body);
     match fault {
         None => forward(&shared, method, &uri, &headers, body).await,
+        // A late request still reaches DynamoDB when its caller has hung up: the wait and
+        // the forwarding run apart from this connection, which may be dropped meanwhile.
         Some(Fault::Delay(pause)) => {
             shared.injected.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(pause).await;
-            forward(&shared, method, &uri, &headers, body).await
+            let late = shared.clone();
+            detached(async move {
+                tokio::time::sleep(pause).await;
+                forward(&late, method, &uri, &headers, body).await
+            })
+            .await
+        }
+        Some(Fault::Hold) => {
+            shared.injected.fetch_add(1, Ordering::SeqCst);
+            let mut releases = shared.releases.subscribe();
+            let seen = *releases.borrow_and_update();
+            shared.held.fetch_add(1, Ordering::SeqCst);
+            let late = shared.clone();
+            detached(async move {
+                let _ = releases.wait_for(|n| *n > seen).await;
+                let answer = forward(&late, method, &uri, &headers, body).await;
+                late.held.fetch_sub(1, Ordering::SeqCst);
+                answer
+            })
+            .await
         }
         Some(Fault::AppliedThenLost) => {
             shared.injected.fetch_add(1, Ordering::SeqCst);
@@ -318,6 +385,13 @@ async fn handle(
             }
         }
     }
+}
+
+/// Runs `work` on its own task, so it finishes even if the caller's connection goes.
+async fn detached(work: impl Future<Output = Response> + Send + 'static) -> Response {
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
 async fn forward(

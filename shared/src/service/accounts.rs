@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use super::charges::Charges;
+use super::charges::{Charges, write_window};
 use crate::{
     auth::{self, Token},
     config::Config,
@@ -299,14 +299,14 @@ impl<'a> Accounts<'a> {
     /// Ends the session of the token that asked.
     pub async fn logout(&self, authed: &Authed) -> Result<(), AccountError> {
         self.store
-            .end_sessions(&authed.user_key, Some(&[authed.session_id.as_str()]))
+            .end_sessions(&authed.user.account, Some(&[authed.session_id.as_str()]))
             .await?;
         Ok(())
     }
 
     /// Ends every session of the user, the asking one included.
     pub async fn logout_all(&self, authed: &Authed) -> Result<(), AccountError> {
-        self.store.end_sessions(&authed.user_key, None).await?;
+        self.store.end_sessions(&authed.user.account, None).await?;
         Ok(())
     }
 
@@ -390,6 +390,12 @@ impl<'a> Accounts<'a> {
     /// its conversations lose their text, and its charge records move, anonymised, under
     /// a tombstone that keeps the books (see `audit::audit_deleted`). Refused while a
     /// chat is running; abandoned charges are settled or refunded first.
+    ///
+    /// The name is free again once the user item is gone. A chat whose charge was closed
+    /// just before may still be writing its record (see `charges::write_window`): such
+    /// records land under this account's id, where the name's next owner never reads,
+    /// and a second pass, once they are over, retires them too, so that neither the
+    /// text nor the books are left behind.
     pub async fn delete_account(
         &self,
         authed: &Authed,
@@ -397,11 +403,12 @@ impl<'a> Accounts<'a> {
         charge_timeout: Duration,
     ) -> Result<String, AccountError> {
         self.check_password(authed, password).await?;
+        let account = &authed.user.account;
         let id = hex::encode(uuid::Uuid::now_v7().as_bytes());
         let charges = Charges::new(self.store, charge_timeout);
         let mut recovered = false;
         let (user, id) = loop {
-            match self.store.mark_deleting(&authed.user_key, &id).await? {
+            match self.store.mark_deleting(account, &id).await? {
                 Ok(marked) => break marked,
                 Err(None) => return Err(AccountError::InvalidToken),
                 Err(Some(user)) if !recovered => {
@@ -420,9 +427,26 @@ impl<'a> Accounts<'a> {
                 Err(Some(_)) => return Err(self.still_running(authed).await),
             }
         };
-        self.store.retire_user(&user, &id).await?;
+        self.store.retire_items(account, &id).await?;
+        self.store.write_tombstone(&user, &id).await?;
         self.store.delete_user(&authed.user_key, &id).await?;
         tracing::info!(user = %authed.user_key, tombstone = %id, "account deleted");
+        let wait = user.settling_until.saturating_sub(now_millis());
+        if wait > 0 {
+            let window = write_window(&self.config.store_retry);
+            tokio::time::sleep(Duration::from_millis(wait).min(window)).await;
+            // The account is gone whatever this finds; a failure only leaves records
+            // under an id that nobody reads.
+            match self.store.retire_items(account, &id).await {
+                Ok(0) => {}
+                Ok(late) => {
+                    tracing::warn!(user = %authed.user_key, tombstone = %id, late, "retired records that landed after the deletion")
+                }
+                Err(e) => {
+                    tracing::error!(user = %authed.user_key, tombstone = %id, error = %crate::telemetry::Chain(&e), "second pass of a deletion failed")
+                }
+            }
+        }
         Ok(id)
     }
 

@@ -10,8 +10,8 @@ use aws_sdk_dynamodb::{
 };
 
 use super::{
-    Error, Item, PK, PROFILE, SK, Store, deleted_pk, get_n, get_opt_s, get_s, n, now_millis, s,
-    user_pk,
+    Account, Error, Item, PK, PROFILE, SK, Store, deleted_pk, get_n, get_opt_s, get_s, n,
+    now_millis, s, user_pk,
 };
 use crate::domain::{ConversationId, Network, Username};
 
@@ -74,6 +74,8 @@ const CHECKS_HELD: &str = "pw_held_until";
 #[derive(Debug, Clone)]
 pub struct UserItem {
     pub user_key: String,
+    /// The account that holds the name now, and where its other items are.
+    pub account: Account,
     pub username: String,
     pub password_hash: String,
     pub balance: u64,
@@ -98,6 +100,9 @@ pub struct UserItem {
     /// The latest answered conversation and when it was answered (millis).
     pub last_conversation: Option<(ConversationId, u64)>,
     pub created_at: u64,
+    /// Until when a request whose charge was closed may still write its records
+    /// (millis; see `Charges::write_window`). 0 if no charge was ever closed.
+    pub settling_until: u64,
 }
 
 impl UserItem {
@@ -171,6 +176,7 @@ fn user_item(user_key: &str, item: &Item) -> Result<UserItem, Error> {
         _ => Vec::new(),
     };
     networks.sort_by(|a, b| (a.1, a.0.as_str()).cmp(&(b.1, b.0.as_str())));
+    let account = Account::new(user_key, get_opt_s(item, "account"));
     Ok(UserItem {
         user_key: user_key.to_owned(),
         username: get_opt_s(item, "username").unwrap_or_else(|| user_key.to_owned()),
@@ -178,7 +184,7 @@ fn user_item(user_key: &str, item: &Item) -> Result<UserItem, Error> {
         balance: get_n(item, "tokens")?,
         granted: get_n(item, "granted")?,
         spent: get_n(item, "spent")?,
-        open: super::credits::open_charges(user_key, item)?,
+        open: super::credits::open_charges(&account, item)?,
         has_sessions_map: matches!(item.get("sessions"), Some(AttributeValue::M(_))),
         sessions,
         chat_windows,
@@ -193,6 +199,8 @@ fn user_item(user_key: &str, item: &Item) -> Result<UserItem, Error> {
             _ => None,
         },
         created_at: get_n(item, "created_at").unwrap_or(0),
+        settling_until: get_n(item, "settling_until").unwrap_or(0),
+        account,
     })
 }
 
@@ -224,6 +232,7 @@ impl Store {
             .item(PK, user_pk(&username.key()))
             .item(SK, s(PROFILE))
             .item("username", s(username.as_str()))
+            .item("account", s(Account::new_id()))
             .item("password_hash", s(password_hash))
             .item("tokens", n(tokens))
             .item("granted", n(tokens))
@@ -415,14 +424,24 @@ impl Store {
 
     /// Ends the sessions `ids` of `user_key` (all of them if `ids` is `None`).
     /// `Ok(false)`: no such user.
-    pub async fn end_sessions(&self, user_key: &str, ids: Option<&[&str]>) -> Result<bool, Error> {
-        let update = self
+    pub async fn end_sessions(
+        &self,
+        account: &Account,
+        ids: Option<&[&str]>,
+    ) -> Result<bool, Error> {
+        // A request checked before the name was deleted and registered again must not end
+        // the next owner's sessions.
+        let (owner, value) = account.still_owns_name();
+        let mut update = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PK, user_pk(user_key))
+            .key(PK, account.user_pk())
             .key(SK, s(PROFILE))
-            .condition_expression("attribute_exists(pk)");
+            .condition_expression(format!("attribute_exists(pk) AND {owner}"));
+        if let Some(value) = value {
+            update = update.expression_attribute_values(":account", value);
+        }
         let update = match ids {
             // Ending them all also bumps the credential epoch, so a login checked before
             // this can't add its session after it.
@@ -480,16 +499,6 @@ impl Store {
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         self.update_or_item(&checked.user_key, update).await
     }
-
-    /// Credits granted, the balance and the open charges, read in one consistent read.
-    pub async fn ledger(&self, user_key: &str) -> Result<Option<Ledger>, Error> {
-        Ok(self.user(user_key).await?.map(|user| Ledger {
-            granted: user.granted,
-            balance: user.balance,
-            spent: user.spent,
-            open: user.open,
-        }))
-    }
 }
 
 /// The books of a deleted account, kept under `DELETED#<id>` with its anonymised chats.
@@ -510,29 +519,37 @@ const TOMBSTONE: &str = "ACCOUNT";
 const CHAT_TEXT: [&str; 2] = ["message", "response"];
 
 impl Store {
-    /// Marks the user item as being deleted, unless a charge is open: from then on no
-    /// debit lands (the debit's condition). Returns the item with the deletion's id, the
-    /// one already there if an earlier attempt set it. `Ok(None)`: no such user, or a
-    /// charge is open (the returned item says which).
+    /// Marks the user item of `account` as being deleted, unless a charge is open: from
+    /// then on no debit lands (the debit's condition). Returns the item with the
+    /// deletion's id, the one already there if an earlier attempt set it. `Ok(Err(None))`:
+    /// no such account (the name may belong to another account by now, which this never
+    /// touches); `Ok(Err(Some(item)))`: a charge is open.
     pub async fn mark_deleting(
         &self,
-        user_key: &str,
+        account: &Account,
         id: &str,
     ) -> Result<Result<(UserItem, String), Option<UserItem>>, Error> {
+        let user_key = account.user_key.as_str();
         let update = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PK, user_pk(user_key))
+            .key(PK, account.user_pk())
             .key(SK, s(PROFILE))
             // The epoch bump: a login checked before this adds no session to the account.
             .update_expression("SET deleting = if_not_exists(deleting, :id) ADD cred_epoch :one")
-            .condition_expression("attribute_exists(pk) AND size(pending) = :zero")
             .expression_attribute_values(":id", s(id))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":one", n(1))
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        let (owner, value) = account.still_owns_name();
+        let mut update = update.condition_expression(format!(
+            "attribute_exists(pk) AND size(pending) = :zero AND {owner}"
+        ));
+        if let Some(value) = value {
+            update = update.expression_attribute_values(":account", value);
+        }
         match self.send("UpdateItem", || update.clone().send()).await {
             Ok(out) => {
                 let item = out.attributes.unwrap_or_default();
@@ -543,65 +560,62 @@ impl Store {
                 UpdateItemError::ConditionalCheckFailedException(e) => Ok(Err(e
                     .item
                     .map(|item| user_item(user_key, &item))
-                    .transpose()?)),
+                    .transpose()?
+                    .filter(|user| user.account == *account))),
                 e => Err(Error::dynamo("UpdateItem")(e)),
             },
         }
     }
 
-    /// Moves the user's chats under `DELETED#<id>` without their text, deletes every
-    /// other item of the user but the user item itself, and writes the tombstone. Each
-    /// step is a plain put or delete, so running it again after a failure finishes it.
-    pub async fn retire_user(&self, user: &UserItem, id: &str) -> Result<(), Error> {
-        let mut start: Option<Item> = None;
-        loop {
-            let query = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", user_pk(&user.user_key))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take());
-            let out = self
-                .send("Query", || query.clone().send())
-                .await
-                .map_err(|f| f.into_error("Query"))?;
-            for item in out.items.unwrap_or_default() {
-                let sk = get_s(&item, SK)?;
-                if sk == PROFILE {
-                    continue;
+    /// Moves the account's chats under `DELETED#<id>` without their text and deletes
+    /// every other item it owns but its user item. Each step is a plain put or delete,
+    /// so running it again (after a failure, or for records that landed later) finishes
+    /// it. Returns how many items it retired.
+    pub async fn retire_items(&self, account: &Account, id: &str) -> Result<usize, Error> {
+        let query = self
+            .client
+            .query()
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", account.items_pk());
+        let mut retired = 0;
+        for item in self.query_all(query).await? {
+            let sk = get_s(&item, SK)?;
+            // An account made before ids keeps its items beside its user item, which
+            // goes last (or is already the name's next owner's).
+            if sk == PROFILE {
+                continue;
+            }
+            if sk.starts_with("CHAT#") {
+                let mut copy = item.clone();
+                copy.insert(PK.to_owned(), deleted_pk(id));
+                for attr in CHAT_TEXT {
+                    copy.remove(attr);
                 }
-                if sk.starts_with("CHAT#") {
-                    let mut copy = item.clone();
-                    copy.insert(PK.to_owned(), deleted_pk(id));
-                    for attr in CHAT_TEXT {
-                        copy.remove(attr);
-                    }
-                    let put = self
-                        .client
-                        .put_item()
-                        .table_name(&self.table)
-                        .set_item(Some(copy));
-                    self.send("PutItem", || put.clone().send())
-                        .await
-                        .map_err(|f| f.into_error("PutItem"))?;
-                }
-                let delete = self
+                let put = self
                     .client
-                    .delete_item()
+                    .put_item()
                     .table_name(&self.table)
-                    .key(PK, user_pk(&user.user_key))
-                    .key(SK, s(sk));
-                self.send("DeleteItem", || delete.clone().send())
+                    .set_item(Some(copy));
+                self.send("PutItem", || put.clone().send())
                     .await
-                    .map_err(|f| f.into_error("DeleteItem"))?;
+                    .map_err(|f| f.into_error("PutItem"))?;
             }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
+            let delete = self
+                .client
+                .delete_item()
+                .table_name(&self.table)
+                .key(PK, account.items_pk())
+                .key(SK, s(sk));
+            self.send("DeleteItem", || delete.clone().send())
+                .await
+                .map_err(|f| f.into_error("DeleteItem"))?;
+            retired += 1;
         }
+        Ok(retired)
+    }
+
+    /// Writes the tombstone of the deleted account `id`: its books as `user` holds them.
+    pub async fn write_tombstone(&self, user: &UserItem, id: &str) -> Result<(), Error> {
         let put = self
             .client
             .put_item()

@@ -102,6 +102,39 @@ pub fn chat_app_on(app: App, gemini: GeminiConfig) -> ChatApp {
     )
 }
 
+/// A store on `table` that reaches DynamoDB Local through `proxy` (to count or fault
+/// its calls). The environment's service-specific endpoint would win over the proxy, so
+/// the SDK config is made of the loaded one's parts without it.
+pub async fn store_through(proxy: &testkit::faults::FaultProxy, table: &str) -> Store {
+    store_through_with(proxy, table, Default::default()).await
+}
+
+/// [`store_through`] with its own retry policy.
+pub async fn store_through_with(
+    proxy: &testkit::faults::FaultProxy,
+    table: &str,
+    retry: shared::store::RetryPolicy,
+) -> Store {
+    let loaded = shared::aws::config().await;
+    let mut sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .endpoint_url(proxy.url());
+    sdk.set_region(loaded.region().cloned());
+    sdk.set_credentials_provider(loaded.credentials_provider());
+    sdk.set_http_client(loaded.http_client());
+    sdk.set_sleep_impl(loaded.sleep_impl());
+    sdk.set_time_source(loaded.time_source());
+    Store::connect(&sdk.build(), table, retry)
+}
+
+/// `chat_app` with its store going through `proxy`; same table, same configuration.
+pub fn chat_app_through(chat_app: &ChatApp, store: Store) -> ChatApp {
+    ChatApp::new(
+        App::new(chat_app.app.config.clone(), store),
+        chat_app.gemini.clone(),
+    )
+}
+
 pub async fn chat_app(standin: &GeminiStandIn) -> ChatApp {
     chat_app_on(app().await, gemini_config(standin))
 }
@@ -240,6 +273,16 @@ pub async fn user_token(app: &App, username: &str) -> String {
     json_of(&resp)["token"].as_str().unwrap().to_owned()
 }
 
+/// The account that holds the name `username` now.
+pub async fn account(app: &App, username: &str) -> shared::store::Account {
+    app.store
+        .user(username)
+        .await
+        .unwrap()
+        .expect("the user exists")
+        .account
+}
+
 pub async fn balance(app: &App, token: &str) -> u64 {
     let resp = shared::api::tokens_function(app, event("GET", "/api/tokens/", Some(token), None))
         .await
@@ -263,6 +306,26 @@ pub async fn chat_request(chat_app: &ChatApp, req: Request) -> Response<Body> {
     let (parts, body) = resp.into_parts();
     let bytes = body.collect().await;
     Response::from_parts(parts, Body::Binary(bytes.to_vec()))
+}
+
+/// Every item of the table.
+pub async fn table_items(
+    app: &App,
+) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    let scan = app
+        .store
+        .client()
+        .scan()
+        .table_name(app.store.table())
+        .send()
+        .await
+        .unwrap();
+    scan.items.unwrap_or_default()
+}
+
+/// Every item of the table, as text: what a copy of the table would show.
+pub async fn table_text(app: &App) -> String {
+    format!("{:?}", table_items(app).await)
 }
 
 /// Asserts that the user's books balance, and returns them.
