@@ -24,7 +24,15 @@ use crate::{
     http,
     service::accounts::{Accounts, Authed},
     store::Store,
+    telemetry::metrics::{self, Record},
 };
+
+/// Runs one invocation of `function` with its own metrics record, written as one EMF
+/// line once the invocation (and any task it left running) lets go of it.
+pub async fn invocation<F: Future>(config: &Config, function: &'static str, fut: F) -> F::Output {
+    let record = Record::new(config.metrics_namespace.as_str(), function);
+    metrics::scope(record, fut).await
+}
 
 /// The request's path as the client sent it (without API Gateway's stage), with no
 /// trailing slash: every route works with and without one.
@@ -41,26 +49,32 @@ pub async fn chat_function(
     chat_app: &ChatApp,
     req: Request,
 ) -> Result<Response<http::StreamBody>, Error> {
-    let path = route_path(&req);
-    let resp = if conversations::serves(&path) {
-        http::into_stream(conversations::handle(&chat_app.app, req, &path).await)
-    } else {
-        chat::handle(chat_app, req).await?
-    };
-    Ok(http::with_common_headers(resp))
+    invocation(&chat_app.app.config, "chat", async {
+        let path = route_path(&req);
+        let resp = if conversations::serves(&path) {
+            http::into_stream(conversations::handle(&chat_app.app, req, &path).await)
+        } else {
+            chat::handle(chat_app, req).await?
+        };
+        Ok(http::with_common_headers(resp))
+    })
+    .await
 }
 
 /// The tokens function: `/api/tokens/`, `/api/models/` and `/api/openapi.json`, all read-only.
 pub async fn tokens_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
-    let path = route_path(&req);
-    let resp = if path == "/api/models" {
-        models::handle(app, req).await
-    } else if path.ends_with("/openapi.json") {
-        openapi::handle(req).await
-    } else {
-        tokens::handle(app, req).await?
-    };
-    Ok(http::with_common_headers(resp))
+    invocation(&app.config, "tokens", async {
+        let path = route_path(&req);
+        let resp = if path == "/api/models" {
+            models::handle(app, req).await
+        } else if path.ends_with("/openapi.json") {
+            openapi::handle(req).await
+        } else {
+            tokens::handle(app, req).await?
+        };
+        Ok(http::with_common_headers(resp))
+    })
+    .await
 }
 
 /// What every function builds once per cold start.

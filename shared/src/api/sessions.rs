@@ -23,6 +23,10 @@ use crate::{
 
 /// The login function's entry point: one function owns sessions and password hashes.
 pub async fn route(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    super::invocation(&app.config, "login", route_request(app, req)).await
+}
+
+async fn route_request(app: &App, req: Request) -> Result<Response<Body>, Error> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let result = if path.ends_with("/logout/all") {
         logout_all(app, &req).await

@@ -32,6 +32,7 @@ use crate::{
         self, DebitGuard, NewSession, PasswordChecks, Reservation, SessionEntry, Store, UserItem,
         now_millis,
     },
+    telemetry::metrics::{self, Metric},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +160,23 @@ impl<'a> Accounts<'a> {
         password: Password,
         client: Option<&ClientAddr>,
     ) -> Result<u64, AccountError> {
+        let result = self.create(username, password, client).await;
+        match &result {
+            Ok(_) => metrics::count(Metric::Registrations, 1),
+            Err(AccountError::Throttled { .. }) => {
+                metrics::count(Metric::RegistrationsThrottled, 1)
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn create(
+        &self,
+        username: &Username,
+        password: Password,
+        client: Option<&ClientAddr>,
+    ) -> Result<u64, AccountError> {
         let limits = &self.config.limits;
         let ip_window = Window::new(limits.register_ip_window);
         let ip_key = client.map(|c| format!("register-ip#{}#{}", c.subject(), ip_window.start));
@@ -194,6 +212,22 @@ impl<'a> Accounts<'a> {
     /// Checks a password and opens a session. Unknown user and wrong password are the
     /// same failure after the same work; throttled attempts are refused before the check.
     pub async fn login(
+        &self,
+        username: &str,
+        password: Password,
+        client: Option<&ClientAddr>,
+    ) -> Result<Token, AccountError> {
+        let result = self.open_session(username, password, client).await;
+        match &result {
+            Ok(_) => metrics::count(Metric::LoginsSucceeded, 1),
+            Err(AccountError::InvalidCredentials) => metrics::count(Metric::LoginsFailed, 1),
+            Err(AccountError::Throttled { .. }) => metrics::count(Metric::LoginsThrottled, 1),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn open_session(
         &self,
         username: &str,
         password: Password,
@@ -484,6 +518,7 @@ impl<'a> Accounts<'a> {
             if let Some(wait) = seen.held_until.checked_sub(now).filter(|w| *w > 0)
                 && seen.count >= self.config.limits.login_free_failures
             {
+                metrics::count(Metric::LoginsThrottled, 1);
                 let wait = Duration::from_millis(wait);
                 return Err(AccountError::throttled(Limit::WrongPasswords, wait));
             }
@@ -510,6 +545,7 @@ impl<'a> Accounts<'a> {
                 },
             }
         }
+        metrics::count(Metric::LoginsThrottled, 1);
         Err(AccountError::throttled(
             Limit::WrongPasswords,
             self.config.limits.login_backoff,
