@@ -29,9 +29,16 @@ use crate::{
 
 /// Runs one invocation of `function` with its own metrics record, written as one EMF
 /// line once the invocation (and any task it left running) lets go of it.
-pub async fn invocation<F: Future>(config: &Config, function: &'static str, fut: F) -> F::Output {
+pub async fn invocation<F, Fut>(config: &Config, function: &'static str, handler: F) -> Fut::Output
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
     let record = Record::new(config.metrics_namespace.as_str(), function);
-    metrics::scope(record, fut).await
+    // The handler's future is made here and boxed at once: it is large (several SDK
+    // calls' state), and neither this future nor whoever awaits an entry point should
+    // carry it inline.
+    metrics::scope(record, Box::pin(handler())).await
 }
 
 /// The request's path as the client sent it (without API Gateway's stage), with no
@@ -49,7 +56,7 @@ pub async fn chat_function(
     chat_app: &ChatApp,
     req: Request,
 ) -> Result<Response<http::StreamBody>, Error> {
-    invocation(&chat_app.app.config, "chat", async {
+    invocation(&chat_app.app.config, "chat", || async {
         let path = route_path(&req);
         let resp = if conversations::serves(&path) {
             http::into_stream(conversations::handle(&chat_app.app, req, &path).await)
@@ -63,7 +70,7 @@ pub async fn chat_function(
 
 /// The tokens function: `/api/tokens/`, `/api/models/` and `/api/openapi.json`, all read-only.
 pub async fn tokens_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
-    invocation(&app.config, "tokens", async {
+    invocation(&app.config, "tokens", || async {
         let path = route_path(&req);
         let resp = if path == "/api/models" {
             models::handle(app, req).await

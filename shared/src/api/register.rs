@@ -14,7 +14,7 @@ use crate::{
 
 /// The register function's entry point.
 pub async fn handle(app: &App, req: Request) -> Result<Response<Body>, Error> {
-    super::invocation(&app.config, "register", async {
+    super::invocation(&app.config, "register", || async {
         Ok(http::with_common_headers(http::respond(
             register(app, &req).await,
         )))
