@@ -1,12 +1,14 @@
 //! The endpoints. Each function's `main` hands every request to one entry point here
-//! (`register::handle`, `sessions::route`, [`chat_function`], [`tokens_function`]): it
-//! never fails at the Lambda level, every outcome is an HTTP response.
+//! ([`register_function`], [`login_function`], [`chat_function`], [`tokens_function`]):
+//! it never fails at the Lambda level, every outcome is an HTTP response, and every
+//! response goes out through [`cors::serve`](crate::cors::serve).
 
 pub mod chat;
 pub mod conversations;
 pub mod login;
 pub mod models;
 pub mod openapi;
+pub mod page;
 pub mod register;
 pub mod sessions;
 pub mod tokens;
@@ -18,6 +20,7 @@ use aws_config::SdkConfig;
 use crate::{
     aws,
     config::{self, Config, GeminiConfig, Secret},
+    cors,
     error::{ApiError, BoxError},
     gemini::GeminiClient,
     http,
@@ -35,8 +38,28 @@ fn route_path(req: &Request) -> String {
     raw.trim_end_matches('/').to_owned()
 }
 
+/// The register function: `/api/register/`.
+pub async fn register_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    cors::serve(&app.config.cors, req, |req| register::handle(app, req)).await
+}
+
+/// The login function: login, and the session and account routes of [`sessions`].
+pub async fn login_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    cors::serve(&app.config.cors, req, |req| sessions::route(app, req)).await
+}
+
 /// The chat function: `/api/chat/` and the history API under `/api/conversations/`.
 pub async fn chat_function(
+    chat_app: &ChatApp,
+    req: Request,
+) -> Result<Response<http::StreamBody>, Error> {
+    cors::serve(&chat_app.app.config.cors, req, |req| {
+        chat_routes(chat_app, req)
+    })
+    .await
+}
+
+async fn chat_routes(
     chat_app: &ChatApp,
     req: Request,
 ) -> Result<Response<http::StreamBody>, Error> {
@@ -48,9 +71,17 @@ pub async fn chat_function(
     chat::handle(chat_app, req).await
 }
 
-/// The tokens function: `/api/tokens/`, `/api/models/` and `/api/openapi.json`, all read-only.
+/// The tokens function: `/api/tokens/`, `/api/models/`, `/api/openapi.json` and the
+/// chat page (`/`, `/assets/…`), all read-only.
 pub async fn tokens_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    cors::serve(&app.config.cors, req, |req| tokens_routes(app, req)).await
+}
+
+async fn tokens_routes(app: &App, req: Request) -> Result<Response<Body>, Error> {
     let path = route_path(&req);
+    if page::serves(&path) {
+        return Ok(page::handle(req, &path).await);
+    }
     if path == "/api/models" {
         return Ok(models::handle(app, req).await);
     }
