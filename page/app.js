@@ -73,8 +73,9 @@
       alertText(`Something went wrong: ${err.message}`, null, where);
       return;
     }
-    if (err.status === 401 && session.token) {
-      signedOut('Your session has ended (expired or logged out elsewhere). Please log in again.');
+    if (err.status === 401 && err.code !== 'invalid_credentials') {
+      // A dead token. Several calls may find out at once; the first one signs out.
+      if (session.token) signedOut('Your session has ended (expired or logged out elsewhere). Please log in again.');
       return;
     }
     if (err.status === 402) {
