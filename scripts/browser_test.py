@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 
@@ -364,6 +365,29 @@ def drive(driver, base, allowed_frontend_port, other_frontend_port, check):
         wait().until(lambda d: "3780" in balance_text())
         check("the stopped answer was charged (3780)", "3780" in balance_text(), balance_text())
 
+        # The account: sessions, logging out the others, a new password.
+        other = login(base, user, "web-password")
+        until_named("button", "Account").click()
+        dialog = driver.find_element(By.ID, "account")
+        wait().until(lambda d: len(dialog.find_elements(By.CSS_SELECTOR, "#sessions li")) == 2)
+        check("the account lists both sessions, this browser's marked",
+              "This browser" in dialog.find_element(By.ID, "sessions").text)
+        until_named("textbox", "Password").send_keys("web-password")
+        until_named("button", "Log out other sessions").click()
+        wait().until(lambda d: "Every other session" in dialog.find_element(By.ID, "account-alert").text)
+        check("log out the others: this browser stays, the other token is refused",
+              len(dialog.find_elements(By.CSS_SELECTOR, "#sessions li")) == 1 and status_of(base, other) == 401,
+              (dialog.find_element(By.ID, "sessions").text, status_of(base, other)))
+        until_named("textbox", "Current password").send_keys("web-password")
+        until_named("textbox", "New password").send_keys("new-web-password")
+        until_named("button", "Change password").click()
+        wait().until(lambda d: "Password changed" in dialog.find_element(By.ID, "account-alert").text,
+                     "no confirmation: " + dialog.find_element(By.ID, "account-alert").text)
+        check("change password: the API's confirmation is shown and the new one logs in",
+              bool(login(base, user, "new-web-password")))
+        until_named("button", "Close").click()
+        check("the balance is still shown after all that", "3780" in balance_text(), balance_text())
+
         # Phone width.
         driver.set_window_size(390, 844)
         time.sleep(0.3)
@@ -380,11 +404,7 @@ def drive(driver, base, allowed_frontend_port, other_frontend_port, check):
         until_named("button", "Log in")
         check("log out returns to the sign-in form and forgets the token",
               driver.execute_script("return localStorage.getItem('chat.token')") is None)
-        try:
-            req = urllib.request.Request(base + "/api/tokens/", headers={"Authorization": f"Token {token}"})
-            status = urllib.request.urlopen(req, timeout=30).status
-        except urllib.error.HTTPError as err:
-            status = err.code
+        status = status_of(base, token)
         check("the logged-out token is refused (401)", status == 401, status)
 
         # A dead token in storage: back to sign-in, with a message.
@@ -403,8 +423,18 @@ def drive(driver, base, allowed_frontend_port, other_frontend_port, check):
         wait().until(lambda d: "Not enough credits" in alert_text())
         check("402 shows the API's detail with the price and the balance",
               "costs 100" in alert_text() and "have 50" in alert_text() and "50" in balance_text(), alert_text())
-    except Exception as err:  # a timeout waiting for the page is a failed check, not a crash
-        check("the page run completes", False, repr(err)[:1500])
+
+        # Deleting the account (after a confirmation): back to sign-in, and the name is free.
+        until_named("button", "Account").click()
+        until_named("textbox", "Password, to confirm").send_keys("demo-password")
+        until_named("button", "Delete my account").click()
+        wait().until(lambda d: d.switch_to.alert).accept()
+        wait().until(lambda d: "account is deleted" in alert_text())
+        check("delete the account: signed out with a message, and the old login fails",
+              named("button", "Log in") is not None and status_of_login(base, "broke", "demo-password") == 401,
+              alert_text())
+    except Exception:  # a timeout waiting for the page is a failed check, not a crash
+        check("the page run completes", False, traceback.format_exc()[-1500:])
 
     # Another origin: the listed one streams a chat; any other is blocked by the browser.
     api_token = login(base, "demo", "demo-password")
@@ -433,6 +463,23 @@ def login(base, username, password):
     req = urllib.request.Request(base + "/api/login/", data=json.dumps({"username": username, "password": password}).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     return json.loads(urllib.request.urlopen(req, timeout=30).read())["token"]
+
+
+def status_of(base, token):
+    """The status `GET /api/tokens/` gets with this token."""
+    try:
+        req = urllib.request.Request(base + "/api/tokens/", headers={"Authorization": f"Token {token}"})
+        return urllib.request.urlopen(req, timeout=30).status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def status_of_login(base, username, password):
+    try:
+        login(base, username, password)
+        return 200
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 def balance(base, token):
