@@ -89,10 +89,16 @@ impl fmt::Display for Books {
 
 /// The books of `user_key`, or `None` if there is no such account.
 pub async fn audit(store: &Store, user_key: &str) -> Result<Option<Books>, store::Error> {
-    let Some(ledger) = store.ledger(user_key).await? else {
+    let Some(user) = store.user(user_key).await? else {
         return Ok(None);
     };
-    let chats = store.chats(user_key).await?;
+    let ledger = store::Ledger {
+        granted: user.granted,
+        balance: user.balance,
+        spent: user.spent,
+        open: user.open,
+    };
+    let chats = store.chats_of(&user.account).await?;
     Ok(Some(books(&ledger, &chats)))
 }
 

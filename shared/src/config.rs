@@ -49,12 +49,19 @@ pub struct Config {
 /// Throttle limits. Counters live in the table, so they hold across instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Failed logins in a row per username before back-off (`LOGIN_FREE_FAILURES`, 5).
+    /// Failed logins in a row per (username, client network) before back-off
+    /// (`LOGIN_FREE_FAILURES`, 5); also a session's wrong passwords in a row (password
+    /// change, account deletion).
     pub login_free_failures: u64,
     /// The first back-off, doubled with each further failure (`LOGIN_BACKOFF_SECS`, 30)
     /// up to `LOGIN_BACKOFF_MAX_SECS` (3600).
     pub login_backoff: Duration,
     pub login_backoff_max: Duration,
+    /// Failed logins per username from all networks per window (`LOGIN_NAME_FAILURES`,
+    /// 100, per `LOGIN_NAME_WINDOW_SECS`, 86400): past it, only networks the account
+    /// has logged in from may try that name until the window ends.
+    pub login_name_failures: u64,
+    pub login_name_window: Duration,
     /// Failed logins per client address per window (`LOGIN_IP_FAILURES`, 20, per
     /// `LOGIN_IP_WINDOW_SECS`, 900).
     pub login_ip_failures: u64,
@@ -63,6 +70,9 @@ pub struct Limits {
     /// `REGISTER_IP_WINDOW_SECS`, 3600).
     pub register_ip_limit: u64,
     pub register_ip_window: Duration,
+    /// New accounts per clock hour from all addresses together (`REGISTRATIONS_PER_HOUR`,
+    /// 100): address pools are cheap, and every account is credits of Gemini.
+    pub registrations_per_hour: u64,
     /// Chats one user may have in flight (`CHATS_IN_FLIGHT`, 4).
     pub chats_in_flight: u64,
     /// Chats one user may start per minute (`CHATS_PER_MINUTE`, 20).
@@ -75,10 +85,13 @@ impl Default for Limits {
             login_free_failures: 5,
             login_backoff: Duration::from_secs(30),
             login_backoff_max: Duration::from_secs(3600),
+            login_name_failures: 100,
+            login_name_window: Duration::from_secs(24 * 3600),
             login_ip_failures: 20,
             login_ip_window: Duration::from_secs(900),
             register_ip_limit: 10,
             register_ip_window: Duration::from_secs(3600),
+            registrations_per_hour: 100,
             chats_in_flight: 4,
             chats_per_minute: 20,
         }
@@ -137,10 +150,13 @@ impl Limits {
             login_free_failures: count("LOGIN_FREE_FAILURES", d.login_free_failures)?,
             login_backoff: secs("LOGIN_BACKOFF_SECS", d.login_backoff)?,
             login_backoff_max: secs("LOGIN_BACKOFF_MAX_SECS", d.login_backoff_max)?,
+            login_name_failures: count("LOGIN_NAME_FAILURES", d.login_name_failures)?,
+            login_name_window: secs("LOGIN_NAME_WINDOW_SECS", d.login_name_window)?,
             login_ip_failures: count("LOGIN_IP_FAILURES", d.login_ip_failures)?,
             login_ip_window: secs("LOGIN_IP_WINDOW_SECS", d.login_ip_window)?,
             register_ip_limit: count("REGISTER_IP_LIMIT", d.register_ip_limit)?,
             register_ip_window: secs("REGISTER_IP_WINDOW_SECS", d.register_ip_window)?,
+            registrations_per_hour: count("REGISTRATIONS_PER_HOUR", d.registrations_per_hour)?,
             chats_in_flight: count("CHATS_IN_FLIGHT", d.chats_in_flight)?,
             chats_per_minute: count("CHATS_PER_MINUTE", d.chats_per_minute)?,
         })

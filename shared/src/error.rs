@@ -13,7 +13,9 @@ use crate::{
     domain::Invalid,
     gemini,
     service::{
-        accounts::AccountError, charges::ChargeError, chat::ChatError,
+        accounts::{AccountError, Limit},
+        charges::ChargeError,
+        chat::ChatError,
         conversations::ConversationError,
     },
     store,
@@ -72,6 +74,12 @@ pub enum ApiError {
     Upstream(#[source] gemini::Error),
     #[error("The service is briefly overloaded; try again shortly. You were not charged.")]
     Unavailable(#[source] store::Error),
+    /// The answer could not be stored, and the store kept failing while the service
+    /// found out whether it had been charged.
+    #[error(
+        "The service is briefly overloaded and could not confirm that your answer was stored. If it was, it appears in your history and was charged; if not, you are not charged. A retry with the same Idempotency-Key gets whichever it was."
+    )]
+    Unsettled(#[source] store::Error),
     #[error("Internal server error.")]
     Internal(#[source] BoxError),
 }
@@ -108,7 +116,7 @@ impl ApiError {
             Upstream(e) if e.is_overloaded() => StatusCode::SERVICE_UNAVAILABLE,
             Upstream(e) if e.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             Upstream(_) => StatusCode::BAD_GATEWAY,
-            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable(_) | Unsettled(_) => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -138,7 +146,7 @@ impl ApiError {
             Upstream(e) if e.is_overloaded() => "model_unavailable",
             Upstream(e) if e.is_timeout() => "model_timeout",
             Upstream(_) => "model_error",
-            Unavailable(_) => "service_unavailable",
+            Unavailable(_) | Unsettled(_) => "service_unavailable",
             Internal(_) => "internal_error",
         }
     }
@@ -168,7 +176,10 @@ impl ApiError {
                 vec![("www-authenticate", "Token".into())]
             }
             Self::MethodNotAllowed { allowed, .. } => vec![("allow", (*allowed).into())],
-            Self::IdempotencyInProgress | Self::Unavailable(_) | Self::ChatsRunning => {
+            Self::IdempotencyInProgress
+            | Self::Unavailable(_)
+            | Self::Unsettled(_)
+            | Self::ChatsRunning => {
                 vec![("retry-after", "1".into())]
             }
             Self::Throttled { retry_after, .. } => {
@@ -190,10 +201,14 @@ impl ApiError {
 /// What a 429 throttles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Throttle {
-    /// Failed logins, per username or per client address: one answer for both, so the
-    /// response never tells which (nor whether the name exists).
+    /// Failed logins, per (username, network), per username or per client address: one
+    /// answer for all, so the response never tells which (nor whether the name exists).
     Login,
+    /// Wrong passwords given through one session (password change, account deletion).
+    WrongPasswords,
     Register,
+    /// Every address's registrations together, this hour.
+    RegisterBudget,
     ChatsInFlight,
     ChatRate,
 }
@@ -202,8 +217,14 @@ impl Throttle {
     fn detail(self) -> &'static str {
         match self {
             Self::Login => "Too many failed logins; wait as long as Retry-After says.",
+            Self::WrongPasswords => {
+                "Too many wrong passwords through this session; wait as long as Retry-After says."
+            }
             Self::Register => {
                 "Too many registrations from this address; wait as long as Retry-After says."
+            }
+            Self::RegisterBudget => {
+                "New accounts are paused for now; try again after Retry-After seconds."
             }
             Self::ChatsInFlight => {
                 "Too many chats at once; wait for one to finish. You were not charged."
@@ -215,7 +236,9 @@ impl Throttle {
     fn code(self) -> &'static str {
         match self {
             Self::Login => "too_many_failed_logins",
+            Self::WrongPasswords => "too_many_wrong_passwords",
             Self::Register => "too_many_registrations",
+            Self::RegisterBudget => "registrations_paused",
             Self::ChatsInFlight => "too_many_chats_in_flight",
             Self::ChatRate => "chat_rate_exceeded",
         }
@@ -228,27 +251,27 @@ impl From<auth::Error> for ApiError {
     }
 }
 
-/// Throttled login and register answers; which of the two is decided by the caller.
-pub(crate) fn account_error(err: AccountError, throttle: Throttle) -> ApiError {
-    match err {
-        AccountError::InvalidToken => ApiError::InvalidToken,
-        AccountError::TokenExpired => ApiError::TokenExpired,
-        AccountError::InvalidCredentials => ApiError::InvalidCredentials,
-        AccountError::WrongPassword => ApiError::WrongPassword,
-        AccountError::Throttled { retry_after } => ApiError::Throttled {
-            what: throttle,
-            retry_after,
-        },
-        AccountError::UsernameTaken => ApiError::UsernameTaken,
-        AccountError::ChatsRunning => ApiError::ChatsRunning,
-        AccountError::Store(e) => e.into(),
-        AccountError::Internal(e) => e.into(),
-    }
-}
-
 impl From<AccountError> for ApiError {
     fn from(err: AccountError) -> Self {
-        account_error(err, Throttle::Login)
+        match err {
+            AccountError::InvalidToken => ApiError::InvalidToken,
+            AccountError::TokenExpired => ApiError::TokenExpired,
+            AccountError::InvalidCredentials => ApiError::InvalidCredentials,
+            AccountError::WrongPassword => ApiError::WrongPassword,
+            AccountError::Throttled { limit, retry_after } => ApiError::Throttled {
+                what: match limit {
+                    Limit::FailedLogins => Throttle::Login,
+                    Limit::WrongPasswords => Throttle::WrongPasswords,
+                    Limit::Registrations => Throttle::Register,
+                    Limit::RegistrationBudget => Throttle::RegisterBudget,
+                },
+                retry_after,
+            },
+            AccountError::UsernameTaken => ApiError::UsernameTaken,
+            AccountError::ChatsRunning => ApiError::ChatsRunning,
+            AccountError::Store(e) => e.into(),
+            AccountError::Internal(e) => e.into(),
+        }
     }
 }
 
@@ -310,7 +333,9 @@ impl From<ChatError> for ApiError {
             ChatError::InProgress => Self::IdempotencyInProgress,
             ChatError::NoConversation => Self::NotFound("conversation"),
             ChatError::Model(e) => e.into(),
-            ChatError::Store(e) => e.into(),
+            ChatError::Withheld(e) => Self::Unavailable(e),
+            ChatError::Unsettled(e) if e.is_unavailable() => Self::Unsettled(e),
+            ChatError::Unsettled(e) | ChatError::Store(e) => e.into(),
         }
     }
 }

@@ -16,7 +16,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::error::{ApiError, Chain};
+use crate::{
+    domain::ClientAddr,
+    error::{ApiError, Chain},
+};
 
 /// Largest request body accepted. Chat messages are capped well below this.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -70,20 +73,14 @@ fn media_type(req: &Request) -> Option<String> {
 }
 
 /// The client's address as API Gateway saw it (`requestContext.identity.sourceIp`).
-pub fn client_ip(req: &Request) -> Option<String> {
+pub fn client_ip(req: &Request) -> Option<ClientAddr> {
     use lambda_http::{RequestExt, request::RequestContext};
     let ip = match req.request_context_ref()? {
-        RequestContext::ApiGatewayV1(ctx) => ctx.identity.source_ip.clone(),
-        RequestContext::ApiGatewayV2(ctx) => ctx.http.source_ip.clone(),
+        RequestContext::ApiGatewayV1(ctx) => ctx.identity.source_ip.as_deref(),
+        RequestContext::ApiGatewayV2(ctx) => ctx.http.source_ip.as_deref(),
         _ => None,
     }?;
-    // An address, not free text: it becomes part of a key.
-    (!ip.is_empty()
-        && ip.len() <= 45
-        && ip
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':'))
-    .then_some(ip)
+    ClientAddr::parse(ip)
 }
 
 /// The request body as a JSON object, leniently (token-authenticated routes only).
@@ -168,7 +165,8 @@ pub fn idempotency_key(req: &Request) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// A JSON response. Bodies are per-user data, so nothing may cache them.
+/// A JSON response (the headers every response carries come from
+/// [`with_common_headers`]).
 pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
     json_text(
         status,
@@ -180,16 +178,26 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> Response<Body> {
 pub fn json_text(status: StatusCode, text: String) -> Response<Body> {
     let mut resp = Response::new(Body::Text(text));
     *resp.status_mut() = status;
-    let headers = resp.headers_mut();
-    headers.insert(
+    resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The headers every response carries, whichever route built it: each function's entry
+/// point passes its answer through here, so a new route can't forget them. Browsers
+/// must not guess a type other than the declared one (`nosniff`), and bodies are
+/// per-user data that nothing may cache unless a route says otherwise.
+pub fn with_common_headers<B>(mut resp: Response<B>) -> Response<B> {
+    let headers = resp.headers_mut();
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     resp
 }
 

@@ -25,7 +25,7 @@ async fn call(
 }
 
 async fn tokens_status(app: &App, token: &str) -> (u16, Value) {
-    let resp = api::tokens::handle(app, event("GET", "/api/tokens/", Some(token), None))
+    let resp = api::tokens_function(app, event("GET", "/api/tokens/", Some(token), None))
         .await
         .unwrap();
     (resp.status().as_u16(), json_of(&resp))
@@ -194,8 +194,8 @@ async fn the_sixth_wrong_password_in_a_row_is_throttled_alike_for_known_and_unkn
     let unknown = sixth_attempt(&app, "nobody", "wrong password").await;
     for resp in [&known, &unknown] {
         assert_eq!(resp.status(), 429);
-        let wait: u64 = header(resp, "retry-after").unwrap().parse().unwrap();
-        assert!((29..=30).contains(&wait), "{wait}");
+        // A 30 s back-off, said in whole minutes.
+        assert_eq!(header(resp, "retry-after"), Some("60"));
     }
     assert_eq!(
         known.body().as_ref(),
@@ -360,16 +360,7 @@ async fn a_deleted_accounts_books_still_audit_clean() {
     assert_eq!(tokens_status(app, &other).await.0, 401);
     assert!(app.store.chats("john").await.unwrap().is_empty());
     assert!(audit::audit(&app.store, "john").await.unwrap().is_none());
-    let items = app
-        .store
-        .client()
-        .scan()
-        .table_name(app.store.table())
-        .send()
-        .await
-        .unwrap()
-        .items
-        .unwrap_or_default();
+    let items = table_items(app).await;
     let text = format!("{items:?}");
     assert!(
         !text.contains("secret"),
@@ -410,7 +401,7 @@ async fn a_deleted_accounts_books_still_audit_clean() {
 
 #[tokio::test]
 async fn an_account_with_a_chat_running_is_not_deleted() {
-    let standin = GeminiStandIn::with_behavior(Behavior::Slow(Duration::from_millis(1500))).await;
+    let standin = GeminiStandIn::with_behavior(Behavior::Slow(Duration::from_millis(4000))).await;
     let chat_app = std::sync::Arc::new(chat_app(&standin).await);
     let token = user_token(&chat_app.app, "john").await;
     let (a, t) = (chat_app.clone(), token.clone());
@@ -418,34 +409,367 @@ async fn an_account_with_a_chat_running_is_not_deleted() {
     while standin.requests() == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let resp = delete(&chat_app.app, &token, PASSWORD).await;
-    assert_eq!(resp.status(), 409);
-    assert_eq!(json_of(&resp)["code"], "chats_running");
+    // A client retrying as told: the right password, each time, never runs into the
+    // wrong-password back-off.
+    for attempt in 0..6 {
+        let resp = delete(&chat_app.app, &token, PASSWORD).await;
+        assert_eq!(resp.status(), 409, "attempt {attempt}");
+        assert_eq!(json_of(&resp)["code"], "chats_running");
+        assert!(!slow.is_finished(), "the chat must still be running");
+    }
     assert_eq!(slow.await.unwrap(), 200);
     assert_eq!(delete(&chat_app.app, &token, PASSWORD).await.status(), 200);
 }
 
+async fn change_password(app: &App, token: &str, old: &str, new: &str) -> Response<Body> {
+    let body = json!({"old_password": old, "new_password": new});
+    call(app, "POST", "/api/password/", Some(token), Some(body)).await
+}
+
 #[tokio::test]
-async fn wrong_passwords_behind_a_stolen_token_are_throttled_like_logins() {
+async fn wrong_passwords_behind_a_stolen_token_are_throttled_per_session() {
+    let app = std::sync::Arc::new(app().await);
+    let stolen = user_token(&app, "john").await;
+    // Twenty guesses at once through the stolen session: five are checked.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (app, stolen) = (app.clone(), stolen.clone());
+        tasks.spawn(async move {
+            let resp =
+                change_password(&app, &stolen, &format!("guess {i}"), "a new password").await;
+            (resp.status().as_u16(), json_of(&resp)["code"].clone())
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(answer) = tasks.join_next().await {
+        answers.push(answer.unwrap());
+    }
+    let count = |status, code: &str| {
+        answers
+            .iter()
+            .filter(|a| **a == (status, json!(code)))
+            .count()
+    };
+    assert_eq!(count(403, "wrong_password"), 5, "{answers:?}");
+    assert_eq!(count(429, "too_many_wrong_passwords"), 15, "{answers:?}");
+    // Held back, that session gets the same answer with the right password.
+    let resp = change_password(&app, &stolen, PASSWORD, "a new password").await;
+    assert_eq!(resp.status(), 429);
+    let wait: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
+    assert!(wait > 0 && wait.is_multiple_of(60), "{wait}");
+    assert_eq!(delete(&app, &stolen, PASSWORD).await.status(), 429);
+
+    // None of it stands in the owner's way: a login, then a password change from the
+    // new session, which ends the stolen one.
+    let owner = second_token(&app, "john").await;
+    let resp = change_password(&app, &owner, PASSWORD, "a new password").await;
+    assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+    assert_eq!(tokens_status(&app, &stolen).await.0, 401);
+    assert_eq!(tokens_status(&app, &owner).await.0, 200);
+}
+
+#[tokio::test]
+async fn strangers_failed_logins_never_block_a_signed_in_users_password_checks() {
     let app = app().await;
     let token = user_token(&app, "john").await;
-    let wrong = json!({"old_password": "a guess", "new_password": "a new password"});
-    for _ in 0..5 {
-        let resp = call(
-            &app,
-            "POST",
-            "/api/password/",
-            Some(&token),
-            Some(wrong.clone()),
-        )
-        .await;
-        assert_eq!(resp.status(), 403);
+    for i in 0..8 {
+        let resp = login_from(&app, "john", "a guess", "203.0.113.9").await;
+        assert_eq!(resp.status(), if i < 5 { 401 } else { 429 }, "attempt {i}");
     }
-    let resp = call(&app, "POST", "/api/password/", Some(&token), Some(wrong)).await;
-    assert_eq!(resp.status(), 429);
-    let resp = delete(&app, &token, PASSWORD).await;
-    assert_eq!(resp.status(), 429, "even the right password waits");
-    assert_eq!(login(&app, "John", PASSWORD).await.status(), 429);
+    let resp = change_password(&app, &token, PASSWORD, "a new password").await;
+    assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+    let resp = delete(&app, &token, "a new password").await;
+    assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+}
+
+/// The owner's home network (and its other addresses), and one attacker address.
+const HOME: &str = "198.51.100.7";
+const HOME_TOO: &str = "198.51.100.201";
+const ATTACKER: &str = "203.0.113.9";
+
+/// What a 429 looks like apart from its Retry-After value: status, body, header names.
+fn shape(resp: &Response<Body>) -> (u16, Vec<u8>, Vec<String>) {
+    let mut names: Vec<String> = resp.headers().keys().map(|k| k.to_string()).collect();
+    names.sort();
+    (resp.status().as_u16(), resp.body().to_vec(), names)
+}
+
+/// Guesses for `name` with a wrong password: five from [`ATTACKER`] and its 429s, then one
+/// from each of `networks` fresh networks. Returns how many were checked (got 401) from
+/// the many networks, and the last refusal.
+async fn hammer(app: &App, name: &str, networks: usize) -> (usize, Response<Body>) {
+    for i in 0..5 {
+        let resp = login_from(app, name, "a wrong guess", ATTACKER).await;
+        assert_eq!(resp.status(), 401, "{name}: attempt {i}");
+    }
+    for _ in 0..3 {
+        let resp = login_from(app, name, "a wrong guess", ATTACKER).await;
+        assert_eq!(resp.status(), 429, "{name}");
+    }
+    let (mut checked, mut last) = (0, None);
+    for i in 0..networks {
+        let ip = format!("192.0.{i}.1");
+        let resp = login_from(app, name, "another wrong guess", &ip).await;
+        match resp.status().as_u16() {
+            401 => checked += 1,
+            429 => last = Some(resp),
+            other => panic!("{name} from {ip}: {other}"),
+        }
+    }
+    (checked, last.expect("the name's ceiling was reached"))
+}
+
+#[tokio::test]
+async fn an_attacker_at_one_or_many_addresses_cannot_lock_the_owner_out() {
+    let app = app_with(|c| c.limits.login_name_failures = 12).await;
+    assert_eq!(
+        register_from(&app, "john", PASSWORD, HOME).await.status(),
+        201
+    );
+    assert_eq!(login_from(&app, "john", PASSWORD, HOME).await.status(), 200);
+
+    // One address: five guesses, then the back-off, for the right password too.
+    for i in 0..5 {
+        let resp = login_from(&app, "john", "a wrong guess", ATTACKER).await;
+        assert_eq!(resp.status(), 401, "attempt {i}");
+    }
+    let held = login_from(&app, "john", PASSWORD, ATTACKER).await;
+    assert_eq!(
+        held.status(),
+        429,
+        "no oracle: the right password waits too"
+    );
+    assert_eq!(json_of(&held)["code"], "too_many_failed_logins");
+    // The owner, at home, from any address there: in.
+    assert_eq!(login_from(&app, "john", PASSWORD, HOME).await.status(), 200);
+    assert_eq!(
+        login_from(&app, "john", PASSWORD, HOME_TOO).await.status(),
+        200
+    );
+
+    // Many networks: together they get the name's ceiling of checked guesses, no more
+    // (five of the twelve were spent above).
+    let mut checked = 0;
+    for i in 0..20 {
+        let resp = login_from(&app, "john", "a wrong guess", &format!("192.0.{i}.1")).await;
+        match resp.status().as_u16() {
+            401 => checked += 1,
+            status => assert_eq!(status, 429, "from 192.0.{i}.1"),
+        }
+    }
+    assert_eq!(checked, 7, "guessing stays throttled");
+    // A network the account never logged in from waits, whatever the password...
+    let fresh = login_from(&app, "john", PASSWORD, "192.0.200.1").await;
+    assert_eq!(fresh.status(), 429);
+    // ...while the owner, at home, is in.
+    let resp = login_from(&app, "john", PASSWORD, HOME_TOO).await;
+    assert_eq!(resp.status(), 200);
+    let token = json_of(&resp)["token"].as_str().unwrap().to_owned();
+    assert_eq!(tokens_status(&app, &token).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_known_and_an_unknown_name_under_attack_answer_alike() {
+    let app = app_with(|c| c.limits.login_name_failures = 12).await;
+    assert_eq!(
+        register_from(&app, "john", PASSWORD, HOME).await.status(),
+        201
+    );
+    assert_eq!(login_from(&app, "john", PASSWORD, HOME).await.status(), 200);
+    let (known_checked, known) = hammer(&app, "john", 12).await;
+    let (unknown_checked, unknown) = hammer(&app, "nobody", 12).await;
+    assert_eq!((known_checked, unknown_checked), (7, 7));
+    assert_eq!(shape(&known), shape(&unknown));
+    for resp in [&known, &unknown] {
+        let wait: u64 = header(resp, "retry-after").unwrap().parse().unwrap();
+        assert!(wait > 0 && wait.is_multiple_of(60), "whole minutes: {wait}");
+    }
+    // The right password from a fresh network: the same refusal as a wrong one.
+    let right = login_from(&app, "john", PASSWORD, "192.0.201.1").await;
+    assert_eq!(shape(&right), shape(&known));
+}
+
+#[tokio::test]
+async fn refused_logins_never_count_against_the_network_they_came_from() {
+    let app = app_with(|c| c.limits.login_ip_failures = 3).await;
+    assert_eq!(register(&app, "john", PASSWORD).await.status(), 201);
+    // Others behind the owner's shared address use up its failures.
+    const SHARED: &str = "198.51.100.7";
+    for name in ["a-one", "a-two", "a-three"] {
+        assert_eq!(
+            login_from(&app, name, "a wrong guess", SHARED)
+                .await
+                .status(),
+            401
+        );
+    }
+    // The owner there is refused before any check, however often they try...
+    for attempt in 0..6 {
+        let resp = login_from(&app, "john", PASSWORD, SHARED).await;
+        assert_eq!(resp.status(), 429, "attempt {attempt}");
+    }
+    // ...and none of it counted against their network: from another address of it, in.
+    let resp = login_from(&app, "john", PASSWORD, "198.51.100.8").await;
+    assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+}
+
+/// A store that waits as long as a test holds a request at the proxy.
+fn patient() -> shared::store::RetryPolicy {
+    shared::store::RetryPolicy {
+        attempt_timeout: Duration::from_secs(120),
+        budget: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// `john`'s login through a proxy that holds its session's write (after the password
+/// was checked) until the returned hold is released.
+async fn held_login(
+    app: &App,
+) -> (
+    testkit::faults::FaultProxy,
+    testkit::faults::Hold,
+    tokio::task::JoinHandle<Response<Body>>,
+) {
+    let relay = testkit::faults::FaultProxy::in_front_of_local().await;
+    let through = app_through(&relay, app, patient()).await;
+    // The session's write names the new session `#new`; nothing else does.
+    let hold = relay.hold("UpdateItem", "\"#new\"");
+    let login = tokio::spawn(async move { login(&through, "john", PASSWORD).await });
+    hold.arrived(1).await;
+    (relay, hold, login)
+}
+
+#[tokio::test]
+async fn a_login_checked_before_a_password_change_opens_no_session_after_it() {
+    let app = app().await;
+    let token = user_token(&app, "john").await;
+    let (_relay, hold, held) = held_login(&app).await;
+    let resp = change_password(&app, &token, PASSWORD, "a new password").await;
+    assert_eq!(resp.status(), 200, "{}", json_of(&resp));
+    hold.release();
+    let resp = held.await.unwrap();
+    assert_eq!(resp.status(), 401, "{}", json_of(&resp));
+    let resp = call(&app, "GET", "/api/sessions/", Some(&token), None).await;
+    assert_eq!(json_of(&resp)["sessions"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_login_checked_before_logout_everywhere_opens_no_session_after_it() {
+    let app = app().await;
+    let token = user_token(&app, "john").await;
+    let (_relay, hold, held) = held_login(&app).await;
+    let resp = call(&app, "POST", "/api/logout/all/", Some(&token), None).await;
+    assert_eq!(resp.status(), 200);
+    hold.release();
+    let resp = held.await.unwrap();
+    assert_eq!(resp.status(), 401, "{}", json_of(&resp));
+    // Nothing of john's is signed in; a new login works.
+    let fresh = second_token(&app, "john").await;
+    let resp = call(&app, "GET", "/api/sessions/", Some(&fresh), None).await;
+    assert_eq!(json_of(&resp)["sessions"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_login_checked_before_the_account_was_deleted_never_lands_in_the_names_next_account() {
+    let app = app().await;
+    let token = user_token(&app, "john").await;
+    let (_relay, hold, held) = held_login(&app).await;
+    assert_eq!(delete(&app, &token, PASSWORD).await.status(), 200);
+    // Someone else takes the name, with their own password.
+    let newcomer = "the newcomer's password";
+    assert_eq!(register(&app, "john", newcomer).await.status(), 201);
+    hold.release();
+    let resp = held.await.unwrap();
+    assert_eq!(resp.status(), 401, "{}", json_of(&resp));
+    let resp = login(&app, "john", newcomer).await;
+    let theirs = json_of(&resp)["token"].as_str().unwrap().to_owned();
+    let resp = call(&app, "GET", "/api/sessions/", Some(&theirs), None).await;
+    assert_eq!(
+        json_of(&resp)["sessions"].as_array().unwrap().len(),
+        1,
+        "only the newcomer's own session"
+    );
+}
+
+#[tokio::test]
+async fn a_logout_everywhere_checked_before_the_account_was_deleted_never_ends_the_next_owners_sessions()
+ {
+    let app = app().await;
+    let token = user_token(&app, "john").await;
+    let relay = testkit::faults::FaultProxy::in_front_of_local().await;
+    let through = app_through(&relay, &app, patient()).await;
+    // Only "log out everywhere" empties the sessions map.
+    let hold = relay.hold("UpdateItem", "sessions = :empty");
+    let held = {
+        let token = token.clone();
+        tokio::spawn(
+            async move { call(&through, "POST", "/api/logout/all/", Some(&token), None).await },
+        )
+    };
+    hold.arrived(1).await;
+    assert_eq!(delete(&app, &token, PASSWORD).await.status(), 200);
+    let newcomer = "the newcomer's password";
+    assert_eq!(register(&app, "john", newcomer).await.status(), 201);
+    let resp = login(&app, "john", newcomer).await;
+    let theirs = json_of(&resp)["token"].as_str().unwrap().to_owned();
+    hold.release();
+    held.await.unwrap();
+    let resp = call(&app, "GET", "/api/sessions/", Some(&theirs), None).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "the newcomer is still signed in: {}",
+        json_of(&resp)
+    );
+}
+
+#[tokio::test]
+async fn registrations_beyond_the_hours_budget_are_paused_for_every_address() {
+    let app = app_with(|c| c.limits.registrations_per_hour = 3).await;
+    // The budget is the clock hour's: don't start in its last seconds.
+    let into = shared::store::now_millis() % 3_600_000;
+    if into > 3_600_000 - 20_000 {
+        tokio::time::sleep(Duration::from_millis(3_600_000 - into + 50)).await;
+    }
+    assert_eq!(
+        register_from(&app, "first", PASSWORD, "10.0.0.1")
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        register_from(&app, "second", PASSWORD, "10.0.1.1")
+            .await
+            .status(),
+        201
+    );
+    // A name already taken makes no account, so it spends none of the budget.
+    assert_eq!(
+        register_from(&app, "first", PASSWORD, "10.0.2.1")
+            .await
+            .status(),
+        409
+    );
+    assert_eq!(
+        register_from(&app, "third", PASSWORD, "10.0.3.1")
+            .await
+            .status(),
+        201
+    );
+    let resp = register_from(&app, "fourth", PASSWORD, "10.0.4.1").await;
+    assert_eq!(resp.status(), 429, "{}", json_of(&resp));
+    assert_eq!(json_of(&resp)["code"], "registrations_paused");
+    let wait: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
+    assert!(
+        (60..=3600).contains(&wait) && wait.is_multiple_of(60),
+        "{wait}"
+    );
+    assert_eq!(
+        login(&app, "fourth", PASSWORD).await.status(),
+        401,
+        "not created"
+    );
 }
 
 #[tokio::test]
@@ -462,20 +786,7 @@ async fn tokens_costs_one_read_and_chat_a_read_a_debit_and_the_settle() {
             .map(|op| op.to_ascii_lowercase())
             .collect()
     };
-    // A config of the loaded one's parts, but without the environment's
-    // service-specific endpoint (which would win over the relay).
-    let loaded = shared::aws::config().await;
-    let mut sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .endpoint_url(relay.url());
-    sdk.set_region(loaded.region().cloned());
-    sdk.set_credentials_provider(loaded.credentials_provider());
-    sdk.set_http_client(loaded.http_client());
-    sdk.set_sleep_impl(loaded.sleep_impl());
-    sdk.set_time_source(loaded.time_source());
-    let sdk = sdk.build();
-    let store = shared::store::Store::connect(&sdk, direct.app.store.table(), Default::default());
-    let app = App::new(direct.app.config.clone(), store);
+    let app = app_through(&relay, &direct.app, Default::default()).await;
     let chat_app = chat_app_on(app, gemini_config(&standin));
 
     assert_eq!(balance(&chat_app.app, &token).await, 4000);

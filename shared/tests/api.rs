@@ -5,8 +5,17 @@ mod common;
 use base64::Engine;
 use common::*;
 use serde_json::json;
-use shared::api::{login as login_fn, register as register_fn, tokens as tokens_fn};
+use shared::api::register as register_fn;
 use testkit::GeminiStandIn;
+
+/// Each function's entry point, as its `main` calls it: what the deployed function
+/// answers, headers included.
+mod login_fn {
+    pub use shared::api::sessions::route as handle;
+}
+mod tokens_fn {
+    pub use shared::api::tokens_function as handle;
+}
 
 #[tokio::test]
 async fn register_returns_the_original_body_and_4000_credits() {
@@ -315,4 +324,98 @@ async fn bodies_keep_the_original_field_order() {
         std::str::from_utf8(resp.body().as_ref()).unwrap(),
         r#"{"message":"User registered successfully.","username":"john","tokens":4000}"#
     );
+}
+
+#[tokio::test]
+async fn every_response_says_nosniff_and_no_store_whatever_the_route() {
+    let standin = GeminiStandIn::start().await;
+    let chat_app = chat_app(&standin).await;
+    let app = &chat_app.app;
+    let token = user_token(app, "john").await;
+    let t = Some(token.as_str());
+    let mut answers = Vec::new();
+
+    let credentials = json!({"username": "mary", "password": PASSWORD}).to_string();
+    for (method, path, body) in [
+        ("POST", "/api/register/", Some(credentials.as_str())),
+        ("POST", "/api/register/", Some("{oops")),
+        ("GET", "/api/register/", None),
+    ] {
+        let resp = register_fn::handle(app, event(method, path, None, body)).await;
+        answers.push((format!("{method} {path}"), resp.unwrap()));
+    }
+    let wrong = json!({"old_password": "not it", "new_password": "a new password"}).to_string();
+    for (method, path, token, body) in [
+        ("POST", "/api/login/", None, Some(credentials.as_str())),
+        ("POST", "/api/login/", None, Some("{}")),
+        ("GET", "/api/sessions/", t, None),
+        ("POST", "/api/password/", t, Some(wrong.as_str())),
+        ("POST", "/api/logout/", None, None),
+    ] {
+        let resp = login_fn::handle(app, event(method, path, token, body)).await;
+        answers.push((format!("{method} {path}"), resp.unwrap()));
+    }
+    for (path, token) in [
+        ("/api/tokens/", t),
+        ("/api/tokens/", None),
+        ("/api/models/", None),
+        ("/api/openapi.json", None),
+    ] {
+        let resp = tokens_fn::handle(app, event("GET", path, token, None)).await;
+        answers.push((format!("GET {path}"), resp.unwrap()));
+    }
+
+    // Chat: JSON, streamed, replayed; the history API, a conversation's deletion (204).
+    let resp = chat(&chat_app, &token, "hello").await;
+    let conversation = json_of(&resp)["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    answers.push(("chat".into(), resp));
+    let headers = json!({
+        "Content-Type": "application/json",
+        "Accept": "text/event-stream",
+        "Authorization": format!("Token {token}"),
+    });
+    let body = json!({"message": "a streamed one"}).to_string();
+    let req = event_with("POST", "/api/chat/", headers, Some((body, false)));
+    answers.push(("chat, streamed".into(), chat_request(&chat_app, req).await));
+    for _ in 0..2 {
+        let resp = chat_with_key(&chat_app, &token, "keyed", "k-1").await;
+        answers.push(("chat with a key".into(), resp));
+    }
+    answers.push((
+        "chat without a token".into(),
+        chat_request(&chat_app, event("POST", "/api/chat/", None, Some("{}"))).await,
+    ));
+    let one = format!("/api/conversations/{conversation}/");
+    for (method, path) in [
+        ("GET", "/api/conversations/".to_owned()),
+        ("DELETE", one.clone()),
+        ("DELETE", one),
+    ] {
+        let req = event(method, &path, t, None);
+        answers.push((
+            format!("{method} {path}"),
+            chat_request(&chat_app, req).await,
+        ));
+    }
+
+    let statuses: Vec<u16> = answers.iter().map(|(_, r)| r.status().as_u16()).collect();
+    for wanted in [200, 201, 204, 400, 401, 403, 404, 405] {
+        assert!(statuses.contains(&wanted), "no {wanted} among {statuses:?}");
+    }
+    for (what, resp) in &answers {
+        let status = resp.status();
+        assert_eq!(
+            header(resp, "x-content-type-options"),
+            Some("nosniff"),
+            "{what}: {status}"
+        );
+        assert_eq!(
+            header(resp, "cache-control"),
+            Some("no-store"),
+            "{what}: {status}"
+        );
+    }
 }

@@ -238,6 +238,26 @@ async fn every_gemini_failure_is_refunded() {
     assert_books_balance(&chat_app.app, "john").await;
 }
 
+/// A buffered answer hands nothing out until Gemini's reply is whole, so a reply that
+/// stopped for the prompt's sake is withheld and costs nothing, even when it carries
+/// the words written before the stop.
+#[tokio::test]
+async fn a_json_answer_stopped_by_a_safety_filter_is_withheld_and_refunded() {
+    for reason in ["SAFETY", "RECITATION"] {
+        let (standin, chat_app, token) = john_chatting(Behavior::StopAfter(3, reason)).await;
+        let resp = chat(&chat_app, &token, "hello").await;
+        let body = json_of(&resp);
+        assert_eq!(resp.status(), 422, "{body}");
+        assert_eq!(body["code"], "content_blocked");
+        assert!(body.get("response").is_none(), "{body}");
+        assert_eq!(standin.requests(), 1);
+        assert_eq!(balance(&chat_app.app, &token).await, 4000);
+        let chats = chat_app.app.store.chats("john").await.unwrap();
+        assert!(chats.iter().all(|c| c.state == ChargeState::Refunded));
+        assert_books_balance(&chat_app.app, "john").await;
+    }
+}
+
 #[tokio::test]
 async fn overload_is_retried_and_charged_once() {
     let (standin, chat_app, token) = john_chatting(Behavior::Answer).await;

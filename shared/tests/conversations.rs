@@ -59,7 +59,10 @@ async fn a_conversation_carries_its_earlier_turns_as_context() {
     // What the third chat's model call is given: the first two turns, oldest first.
     let conversations = Conversations::new(&chat_app.app.store, &chat_app.app.config.conversations);
     let context = conversations
-        .context("john", &ConversationId::parse(&id).unwrap())
+        .context(
+            &account(&chat_app.app, "john").await,
+            &ConversationId::parse(&id).unwrap(),
+        )
         .await
         .unwrap();
     let messages: Vec<_> = context.iter().map(|t| t.message.as_str()).collect();
@@ -149,7 +152,10 @@ async fn null_starts_a_new_conversation_with_no_context() {
     let id = ConversationId::parse(fresh["conversation_id"].as_str().unwrap()).unwrap();
     let conversations = Conversations::new(&chat_app.app.store, &chat_app.app.config.conversations);
     // Its only turn is its own: the earlier conversation is not context.
-    let context = conversations.context("john", &id).await.unwrap();
+    let context = conversations
+        .context(&account(&chat_app.app, "john").await, &id)
+        .await
+        .unwrap();
     assert_eq!(context.len(), 1);
     assert_eq!(context[0].message, "two");
     // And the next chat sent alone continues the newest conversation.
@@ -181,7 +187,10 @@ async fn the_context_budget_trims_the_oldest_turns() {
     }
     let conversations = Conversations::new(&chat_app.app.store, &chat_app.app.config.conversations);
     let id = ConversationId::parse(id.as_str().unwrap()).unwrap();
-    let context = conversations.context("john", &id).await.unwrap();
+    let context = conversations
+        .context(&account(&chat_app.app, "john").await, &id)
+        .await
+        .unwrap();
     let kept: Vec<_> = context.iter().map(|t| t.message.as_str()).collect();
     assert_eq!(kept, ["turn 3", "turn 4", "turn 5"]);
 }
@@ -201,7 +210,10 @@ async fn refunded_turns_are_not_context() {
     assert_eq!(failed.status(), 503);
     let conversations = Conversations::new(&chat_app.app.store, &chat_app.app.config.conversations);
     let context = conversations
-        .context("john", &ConversationId::parse(&id).unwrap())
+        .context(
+            &account(&chat_app.app, "john").await,
+            &ConversationId::parse(&id).unwrap(),
+        )
         .await
         .unwrap();
     let kept: Vec<_> = context.iter().map(|t| t.message.as_str()).collect();

@@ -452,8 +452,8 @@ async fn a_prompt_blocked_in_the_first_chunk_is_an_error_with_no_text() {
 }
 
 #[tokio::test]
-async fn a_safety_stop_mid_stream_withholds_the_answer() {
-    let (deltas, outcome) = stream_outcome(Behavior::SafetyAfter(3)).await;
+async fn a_safety_stop_mid_stream_ends_the_stream_with_its_reason() {
+    let (deltas, outcome) = stream_outcome(Behavior::StopAfter(3, "SAFETY")).await;
     assert_eq!(deltas.len(), 3);
     let err = outcome.unwrap_err();
     assert!(

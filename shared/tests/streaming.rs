@@ -103,15 +103,31 @@ async fn a_streamed_answer_arrives_word_by_word_and_matches_the_history() {
     assert_books_balance(&chat_app.app, "john").await;
 }
 
+/// Paced like the real API (a pause, then a few words at a time), only faster.
+fn quick(standin: &testkit::GeminiStandIn) {
+    standin.set_pacing(Pacing {
+        first_chunk: Duration::from_millis(40),
+        interval: Duration::from_millis(20),
+        words_per_chunk: 3,
+    });
+}
+
+fn deltas(events: &[(String, Value, Instant)]) -> String {
+    events
+        .iter()
+        .filter(|(n, _, _)| n == "delta")
+        .map(|(_, d, _)| d["text"].as_str().unwrap())
+        .collect()
+}
+
 #[tokio::test]
-async fn a_stream_that_breaks_midway_ends_with_an_error_event_and_is_refunded() {
+async fn a_failure_of_gemini_midway_ends_with_an_error_event_and_is_refunded() {
     for (behavior, code) in [
         (Behavior::DropAfter(2), "model_error"),
-        (Behavior::SafetyAfter(2), "content_blocked"),
         (Behavior::StallAfter(2), "model_timeout"),
     ] {
         let (standin, chat_app, token) = john_chatting(behavior.clone()).await;
-        standin.set_pacing(Pacing::immediate());
+        quick(&standin);
         let resp = stream_chat(&chat_app, &token, "a long question", None).await;
         assert_eq!(resp.status(), 200, "{behavior:?}");
         let events = read_events(&mut resp.into_body(), None).await;
@@ -122,10 +138,176 @@ async fn a_stream_that_breaks_midway_ends_with_an_error_event_and_is_refunded() 
         assert_eq!(last, "error", "{behavior:?}: {names:?}");
         assert_eq!(data["code"], code, "{behavior:?}: {data}");
         assert!(data["detail"].is_string());
+        // The event says what it cost: nothing, and the balance is whole again.
+        assert_eq!(data["charged"], false, "{behavior:?}: {data}");
+        assert_eq!(data["tokens_remaining"], 4000, "{behavior:?}: {data}");
         assert_eq!(balance(&chat_app.app, &token).await, 4000, "{behavior:?}");
         let books = assert_books_balance(&chat_app.app, "john").await;
         assert_eq!((books.refunded_chats, books.completed_chats), (1, 0));
     }
+}
+
+/// A prompt that makes Gemini stop midway (a safety filter, recitation) no longer gets
+/// its words for free: they are charged once, and kept in the conversation as its answer.
+#[tokio::test]
+async fn a_stop_the_prompt_caused_midway_is_charged_once_and_its_words_are_kept() {
+    for reason in ["SAFETY", "RECITATION"] {
+        let (standin, chat_app, token) = john_chatting(Behavior::StopAfter(3, reason)).await;
+        quick(&standin);
+        let resp = stream_chat(&chat_app, &token, "recite the book", None).await;
+        assert_eq!(resp.status(), 200, "{reason}");
+        let events = read_events(&mut resp.into_body(), None).await;
+        let names = names(&events);
+        assert_eq!(
+            names.iter().filter(|n| **n == "delta").count(),
+            3,
+            "{names:?}"
+        );
+        let (last, data, _) = events.last().unwrap();
+        assert_eq!(last, "error", "{reason}: {names:?}");
+        assert_eq!(data["code"], "content_blocked", "{data}");
+        assert_eq!(data["charged"], true, "{data}");
+        assert_eq!(data["tokens_remaining"], 3900, "{data}");
+        assert_eq!(data["cost"], 100, "{data}");
+        assert_eq!(data["finish_reason"], reason, "{data}");
+        let given = deltas(&events);
+        assert!(!given.is_empty());
+
+        // Charged once; the words given are the answer on record, with why it stopped.
+        assert_eq!(balance(&chat_app.app, &token).await, 3900, "{reason}");
+        let chats = chat_app.app.store.chats("john").await.unwrap();
+        assert_eq!(chats.len(), 1);
+        assert_eq!(chats[0].state, ChargeState::Completed);
+        assert_eq!(chats[0].response.as_deref(), Some(given.as_str()));
+        assert_eq!(chats[0].finish_reason.as_deref(), Some(reason));
+        let books = assert_books_balance(&chat_app.app, "john").await;
+        assert_eq!((books.completed_chats, books.settled), (1, 100));
+
+        // The history shows it as answered, and the next turn has it as context.
+        let id = events[0].1["conversation_id"].as_str().unwrap().to_owned();
+        let path = format!("/api/conversations/{id}/messages/");
+        let resp = chat_request(&chat_app, event("GET", &path, Some(&token), None)).await;
+        let page = json_of(&resp);
+        assert_eq!(page["messages"][0]["response"], given.as_str(), "{page}");
+        assert_eq!(page["messages"][0]["finish_reason"], reason, "{page}");
+        standin.set_behavior(Behavior::Answer);
+        let body = json!({"message": "go on", "conversation_id": id}).to_string();
+        let next = chat_request(
+            &chat_app,
+            event("POST", "/api/chat/", Some(&token), Some(&body)),
+        )
+        .await;
+        assert_eq!(next.status(), 200);
+        let (_, sent) = standin.last_request().unwrap();
+        assert_eq!(
+            sent["contents"][1]["parts"][0]["text"],
+            given.as_str(),
+            "{sent}"
+        );
+        assert_eq!(standin.requests(), 2, "one model call per chat");
+        assert_books_balance(&chat_app.app, "john").await;
+    }
+}
+
+#[tokio::test]
+async fn a_retry_of_a_cut_answer_replays_it_and_charges_nothing() {
+    let (standin, chat_app, token) = john_chatting(Behavior::StopAfter(2, "SAFETY")).await;
+    quick(&standin);
+    let first = stream_chat(&chat_app, &token, "hello", Some("k-cut")).await;
+    let first = read_events(&mut first.into_body(), None).await;
+    assert_eq!(first.last().unwrap().1["charged"], true);
+
+    let again = stream_chat(&chat_app, &token, "hello", Some("k-cut")).await;
+    assert_eq!(header_of(&again, "idempotent-replayed"), Some("true"));
+    let again = read_events(&mut again.into_body(), None).await;
+    assert_eq!(names(&again), ["done"]);
+    assert_eq!(again[0].1["response"], deltas(&first).as_str());
+    assert_eq!(again[0].1["finish_reason"], "SAFETY");
+    assert_eq!(standin.requests(), 1);
+    assert_eq!(balance(&chat_app.app, &token).await, 3900);
+    assert_books_balance(&chat_app.app, "john").await;
+}
+
+/// Cancelling is the service's concept (a client of a later transport may ask a turn
+/// to stop): the words handed out by then are the answer, charged once and kept, and
+/// Gemini is not read further.
+#[tokio::test]
+async fn a_turn_cancelled_after_its_first_words_is_charged_for_them_and_stops_gemini() {
+    use shared::service::chat::{Begun, CANCELLED, ChatRequest, ChatService, Progress};
+
+    let (standin, chat_app, token) = john_chatting(Behavior::LongAnswer { words: 200 }).await;
+    quick(&standin);
+    let app = &chat_app.app;
+    let authed = app.accounts().authenticate(&token).await.unwrap();
+    let service = ChatService {
+        store: &app.store,
+        gemini: &chat_app.gemini,
+        config: &app.config,
+    };
+    let request = ChatRequest {
+        account: authed.user.account.clone(),
+        message: shared::domain::ChatMessage::parse("a long story", 8000).unwrap(),
+        idempotency_key: None,
+        conversation: shared::service::conversations::Choice::New,
+        model: app.config.models.default_model().clone(),
+        guard: app.accounts().debit_guard(&authed),
+        last_conversation: None,
+    };
+    let Begun::Started(turn) = service.begin(request).await.unwrap() else {
+        panic!("a fresh turn");
+    };
+    let open = service.open_stream(turn).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut stop = Some(stop);
+    let mut progress = Vec::new();
+    open.run_until(
+        service,
+        async {
+            let _ = stopped.await;
+        },
+        |p| {
+            if matches!(p, Progress::Delta(_)) && progress.len() == 2 {
+                // The client asks to stop after its second delta.
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+            }
+            progress.push(p);
+        },
+    )
+    .await;
+
+    let given: String = progress
+        .iter()
+        .filter_map(|p| match p {
+            Progress::Delta(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    let Some(Progress::Cut(answer)) = progress.last() else {
+        panic!("a cut answer: {progress:?}");
+    };
+    assert_eq!(answer.response, given);
+    assert_eq!(answer.finish_reason.as_deref(), Some(CANCELLED));
+    assert_eq!(answer.tokens_remaining, 3900);
+    let deltas = progress
+        .iter()
+        .filter(|p| matches!(p, Progress::Delta(_)))
+        .count();
+    assert!(deltas < 10, "stopped early: {deltas} deltas");
+
+    // Gemini's stream was let go, not read to its end.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !standin.recorded()[0].client_gone {
+        assert!(Instant::now() < deadline, "Gemini was still being read");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!standin.recorded()[0].stream_completed);
+    let chats = app.store.chats("john").await.unwrap();
+    assert_eq!(chats[0].response.as_deref(), Some(given.as_str()));
+    assert_eq!(chats[0].finish_reason.as_deref(), Some(CANCELLED));
+    assert_eq!(balance(app, &token).await, 3900);
+    assert_books_balance(app, "john").await;
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use shared::{
     auth::{self, Token},
     domain::{Password, Username},
-    store::{SessionEntry, Store, now_millis},
+    store::{NewSession, SessionEntry, Store, now_millis},
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -67,8 +67,16 @@ pub async fn user_with_token(
             // Demo sessions never go idle in a year of replays.
             last_used: now + Duration::from_secs(365 * 86_400).as_millis() as u64,
             expires_at: now + Duration::from_secs(365 * 86_400).as_millis() as u64,
+            checks: Default::default(),
         };
-        store.add_session(&user, &session, &[]).await?;
+        let new = NewSession {
+            session: &session,
+            evict: &[],
+            network: None,
+            forget: &[],
+            now,
+        };
+        store.add_session(&user, &new).await?;
     }
     Ok(())
 }

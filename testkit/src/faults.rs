@@ -5,10 +5,16 @@
 //! (point `AWS_ENDPOINT_URL_DYNAMODB` at [`FaultProxy::url`]) and forwards every request,
 //! except that requests matching a [`Rule`] are, at the rule's rate, answered with one
 //! of AWS's error responses instead — or forwarded and *then* answered with a 500, as
-//! when DynamoDB applied a write but its answer was lost.
+//! when DynamoDB applied a write but its answer was lost — or held until the test
+//! releases them ([`Fault::Hold`], [`FaultProxy::release`]), so that a write lands at a
+//! moment the test chooses, after the caller has given up on it.
 //!
 //! The error bodies are DynamoDB's JSON 1.0 protocol errors, so the SDK parses them as
 //! it would on AWS (`__type` names the exception).
+//!
+//! A [`Hold`] stops matching requests at the proxy until the test releases them: the
+//! way to land another request in between a request's read and its write, on purpose
+//! and every time.
 
 use std::{
     net::SocketAddr,
@@ -27,7 +33,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::json;
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 /// What a matched request gets instead of DynamoDB's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +52,10 @@ pub enum Fault {
     AppliedThenLost,
     /// The answer comes after this long (to exceed attempt timeouts), then as usual.
     Delay(Duration),
+    /// The request waits until [`FaultProxy::release`], then reaches DynamoDB Local and
+    /// is answered as usual. A caller whose attempt timed out meanwhile gets nothing, yet
+    /// the request is still applied: a write that lands late, when the test says.
+    Hold,
 }
 
 /// Which requests a fault applies to, and how often.
@@ -86,6 +96,44 @@ struct Shared {
     injected: AtomicUsize,
     /// Every request's operation, in arrival order, until [`FaultProxy::take_operations`].
     operations: Mutex<Vec<String>>,
+    holds: Mutex<Vec<Arc<HoldState>>>,
+    /// Held requests wait for this to move past the value they saw on arrival.
+    releases: watch::Sender<u64>,
+    /// Requests held and not yet released.
+    held: AtomicUsize,
+}
+
+/// Requests held at the proxy until [`Hold::release`] (or until the `Hold` is dropped,
+/// so a failing test can't leave them hanging).
+pub struct Hold {
+    state: Arc<HoldState>,
+}
+
+struct HoldState {
+    operation: &'static str,
+    body_contains: &'static str,
+    /// How many matching requests have arrived.
+    arrived: watch::Sender<usize>,
+    released: watch::Sender<bool>,
+}
+
+impl Hold {
+    /// Waits until `count` matching requests are being held (or were, before a release).
+    pub async fn arrived(&self, count: usize) {
+        let mut arrived = self.state.arrived.subscribe();
+        let _ = arrived.wait_for(|n| *n >= count).await;
+    }
+
+    /// Lets the held requests, and any later ones, go on to DynamoDB Local.
+    pub fn release(&self) {
+        self.state.released.send_replace(true);
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// A running proxy. Dropping it stops the server.
@@ -119,6 +167,9 @@ impl FaultProxy {
             forwarded: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
             operations: Mutex::new(Vec::new()),
+            holds: Mutex::new(Vec::new()),
+            releases: watch::Sender::new(0),
+            held: AtomicUsize::new(0),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -151,6 +202,19 @@ impl FaultProxy {
         *self.shared.rules.lock().unwrap() = rules.into_iter().collect();
     }
 
+    /// Holds `operation` requests whose body contains `body_contains` at the proxy, unsent,
+    /// until the returned [`Hold`] is released.
+    pub fn hold(&self, operation: &'static str, body_contains: &'static str) -> Hold {
+        let state = Arc::new(HoldState {
+            operation,
+            body_contains,
+            arrived: watch::Sender::new(0),
+            released: watch::Sender::new(false),
+        });
+        self.shared.holds.lock().unwrap().push(state.clone());
+        Hold { state }
+    }
+
     /// Requests answered with a fault so far (applied-then-lost ones included).
     pub fn injected(&self) -> usize {
         self.shared.injected.load(Ordering::SeqCst)
@@ -159,6 +223,41 @@ impl FaultProxy {
     /// Requests that reached DynamoDB Local.
     pub fn forwarded(&self) -> usize {
         self.shared.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Requests held by a [`Fault::Hold`] rule and not yet through: waiting, or
+    /// released and still on their way to DynamoDB Local.
+    pub fn held(&self) -> usize {
+        self.shared.held.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `count` requests are held (at most `within`): how a test
+    /// knows the write it holds was sent, without sleeping.
+    pub async fn wait_until_held(&self, count: usize, within: Duration) {
+        self.wait_for_held(|held| held >= count, within).await
+    }
+
+    /// Waits until every released request has reached DynamoDB Local and been answered.
+    pub async fn wait_until_landed(&self, within: Duration) {
+        self.wait_for_held(|held| held == 0, within).await
+    }
+
+    async fn wait_for_held(&self, done: impl Fn(usize) -> bool, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !done(self.held()) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still {} requests held after {within:?}",
+                self.held()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Lets every request held so far through to DynamoDB Local, in arrival order of
+    /// their wake-up. Requests held later wait for the next release.
+    pub fn release(&self) {
+        self.shared.releases.send_modify(|n| *n += 1);
     }
 
     /// The operations asked for since the last call (`GetItem`, `UpdateItem`…), in the
@@ -208,13 +307,48 @@ async fn handle(
         .unwrap_or("")
         .to_owned();
     shared.operations.lock().unwrap().push(operation.clone());
+    let hold = {
+        let text = String::from_utf8_lossy(&body);
+        shared
+            .holds
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|h| h.operation == operation && text.contains(h.body_contains))
+            .cloned()
+    };
+    if let Some(hold) = hold {
+        let mut released = hold.released.subscribe();
+        hold.arrived.send_modify(|n| *n += 1);
+        let _ = released.wait_for(|open| *open).await;
+    }
     let fault = shared.fault_for(&operation, &body);
     match fault {
         None => forward(&shared, method, &uri, &headers, body).await,
+        // A late request still reaches DynamoDB when its caller has hung up: the wait and
+        // the forwarding run apart from this connection, which may be dropped meanwhile.
         Some(Fault::Delay(pause)) => {
             shared.injected.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(pause).await;
-            forward(&shared, method, &uri, &headers, body).await
+            let late = shared.clone();
+            detached(async move {
+                tokio::time::sleep(pause).await;
+                forward(&late, method, &uri, &headers, body).await
+            })
+            .await
+        }
+        Some(Fault::Hold) => {
+            shared.injected.fetch_add(1, Ordering::SeqCst);
+            let mut releases = shared.releases.subscribe();
+            let seen = *releases.borrow_and_update();
+            shared.held.fetch_add(1, Ordering::SeqCst);
+            let late = shared.clone();
+            detached(async move {
+                let _ = releases.wait_for(|n| *n > seen).await;
+                let answer = forward(&late, method, &uri, &headers, body).await;
+                late.held.fetch_sub(1, Ordering::SeqCst);
+                answer
+            })
+            .await
         }
         Some(Fault::AppliedThenLost) => {
             shared.injected.fetch_add(1, Ordering::SeqCst);
@@ -251,6 +385,13 @@ async fn handle(
             }
         }
     }
+}
+
+/// Runs `work` on its own task, so it finishes even if the caller's connection goes.
+async fn detached(work: impl Future<Output = Response> + Send + 'static) -> Response {
+    tokio::spawn(work)
+        .await
+        .unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
 }
 
 async fn forward(

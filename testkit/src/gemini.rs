@@ -16,9 +16,11 @@
 //!    - `blocked`: prompt blocked (in the first and only chunk of a stream); `safety`:
 //!      answer withheld; `empty`: no candidates
 //!    - streams (a buffered call gets the nearest equivalent): `drop=<n>`: the connection
-//!      breaks after n chunks; `midsafety=<n>`: n chunks, then `finishReason: SAFETY` with
-//!      no content; `stall=<n>`: n chunks, then silence with the connection open;
-//!      `truncate=<n>`: n chunks, then a clean end without a finish reason
+//!      breaks after n chunks; `midsafety=<n>` / `midrecitation=<n>`: n chunks, then
+//!      `finishReason: SAFETY` / `RECITATION` with no content (buffered: the text of
+//!      those n chunks with that finish reason); `stall=<n>`: n chunks, then silence
+//!      with the connection open; `truncate=<n>`: n chunks, then a clean end without a
+//!      finish reason
 //!    - `redirect` / `redirect=<3xx>`: a redirect to the stand-in's second listener, which
 //!      records whether the API key came along ([`GeminiStandIn::redirect_hits`])
 //! 3. the default behaviour ([`GeminiStandIn::set_behavior`]), normally [`Behavior::Answer`].
@@ -80,9 +82,10 @@ pub enum Behavior {
     /// Streamed: this many chunks, then the connection breaks. Buffered: the connection
     /// breaks in the middle of the body.
     DropAfter(usize),
-    /// Streamed: this many chunks, then `finishReason: SAFETY` with no content.
-    /// Buffered: as [`Behavior::SafetyFinish`].
-    SafetyAfter(usize),
+    /// Streamed: this many chunks, then a chunk with this finish reason (`SAFETY`,
+    /// `RECITATION`…) and no content, as Gemini stops an answer it will not finish.
+    /// Buffered: one candidate with the text of those chunks and that finish reason.
+    StopAfter(usize, &'static str),
     /// Streamed: this many chunks, then nothing while the connection stays open.
     /// Buffered: as [`Behavior::Hang`].
     StallAfter(usize),
@@ -122,7 +125,8 @@ impl Behavior {
             ("long", Some(_)) => Self::LongAnswer { words: count()? },
             ("slow", Some(ms)) => Self::Slow(Duration::from_millis(ms.parse().ok()?)),
             ("drop", Some(_)) => Self::DropAfter(count()?),
-            ("midsafety", Some(_)) => Self::SafetyAfter(count()?),
+            ("midsafety", Some(_)) => Self::StopAfter(count()?, "SAFETY"),
+            ("midrecitation", Some(_)) => Self::StopAfter(count()?, "RECITATION"),
             ("stall", Some(_)) => Self::StallAfter(count()?),
             ("truncate", Some(_)) => Self::TruncateAfter(count()?),
             ("redirect", None) => Self::Redirect(302),
@@ -437,12 +441,23 @@ async fn handle(
                 {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]},
         }))
     };
-    let safety = || {
-        with_usage(json!({
-            "candidates": [{"finishReason": "SAFETY", "index": 0, "safetyRatings": [
-                {"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH"}]}],
-        }))
+    // A candidate that ends for `reason` with no content, with what Gemini sends beside
+    // such a stop.
+    let stop = |reason: &str| {
+        let mut candidate = json!({"finishReason": reason, "index": 0});
+        match reason {
+            "RECITATION" => {
+                candidate["citationMetadata"] = json!({"citationSources": [
+                    {"startIndex": 0, "endIndex": 40, "uri": "https://example.com/a-book"}]});
+            }
+            _ => {
+                candidate["safetyRatings"] =
+                    json!([{"category": "HARM_CATEGORY_HARASSMENT", "probability": "HIGH"}]);
+            }
+        }
+        with_usage(json!({ "candidates": [candidate] }))
     };
+    let safety = || stop("SAFETY");
     let (full, end) = match behavior {
         Behavior::Answer => (answer(None), End::Finish),
         Behavior::LongAnswer { words } => (answer(Some(words)), End::Finish),
@@ -473,11 +488,13 @@ async fn handle(
         Behavior::SafetyFinish => (safety(), End::Finish),
         Behavior::NoCandidates => (with_usage(json!({})), End::Finish),
         Behavior::DropAfter(n) => (answer(words(n)), End::DropAfter(n)),
-        Behavior::SafetyAfter(n) => {
+        Behavior::StopAfter(n, reason) => {
+            let full = answer(words(n));
             if !stream {
-                return axum::Json(safety()).into_response();
+                let per_chunk = shared.pacing.lock().unwrap().words_per_chunk;
+                return axum::Json(cut(&full, &all_text, n, per_chunk, reason)).into_response();
             }
-            (answer(words(n)), End::SafetyAfter(n, safety()))
+            (full, End::StopAfter(n, stop(reason)))
         }
         Behavior::StallAfter(n) => {
             if !stream {
@@ -524,7 +541,7 @@ enum End {
     /// Every chunk; the last carries the finish reason.
     Finish,
     DropAfter(usize),
-    SafetyAfter(usize, Value),
+    StopAfter(usize, Value),
     StallAfter(usize),
     TruncateAfter(usize),
 }
@@ -552,13 +569,13 @@ fn sse_response(mut events: Vec<String>, end: End, shared: &Arc<Shared>, index: 
     };
     let keep = match &end {
         End::Finish => events.len(),
-        End::DropAfter(n) | End::SafetyAfter(n, _) | End::StallAfter(n) | End::TruncateAfter(n) => {
+        End::DropAfter(n) | End::StopAfter(n, _) | End::StallAfter(n) | End::TruncateAfter(n) => {
             (*n).min(events.len())
         }
     };
     events.truncate(keep);
-    if let End::SafetyAfter(_, safety) = &end {
-        events.push(format!("data: {safety}\r\n\r\n"));
+    if let End::StopAfter(_, stop) = &end {
+        events.push(format!("data: {stop}\r\n\r\n"));
     }
     tokio::spawn(async move {
         tokio::time::sleep(pacing.first_chunk).await;
@@ -585,7 +602,7 @@ fn sse_response(mut events: Vec<String>, end: End, shared: &Arc<Shared>, index: 
                 record(&|r| r.client_gone = true);
                 return;
             }
-            End::Finish | End::SafetyAfter(..) | End::TruncateAfter(_) => {}
+            End::Finish | End::StopAfter(..) | End::TruncateAfter(_) => {}
         }
         drop(tx);
         record(&|r| r.stream_completed = true);
@@ -743,6 +760,25 @@ fn chunks(full: &Value, prompt: &str, words_per_chunk: usize) -> Vec<Value> {
         .collect()
 }
 
+/// A buffered answer stopped for `reason` after the text of its first `n` streamed
+/// chunks: one candidate with that text and that finish reason.
+fn cut(full: &Value, prompt: &str, n: usize, per_chunk: usize, reason: &str) -> Value {
+    let text: String = chunks(full, prompt, per_chunk)
+        .iter()
+        .take(n)
+        .filter_map(|e| e.pointer("/candidates/0/content/parts/0/text")?.as_str())
+        .collect();
+    json!({
+        "candidates": [{
+            "content": {"parts": [{"text": text}], "role": "model"},
+            "finishReason": reason,
+            "index": 0,
+        }],
+        "usageMetadata": usage(prompt, &text),
+        "modelVersion": full["modelVersion"],
+    })
+}
+
 fn rate_limited(retry_delay: Value) -> Response {
     error_with_details(
         429,
@@ -811,7 +847,14 @@ mod tests {
             Some(Behavior::Slow(Duration::from_millis(20)))
         );
         assert_eq!(d("[standin:drop=3]"), Some(Behavior::DropAfter(3)));
-        assert_eq!(d("[standin:midsafety=2]"), Some(Behavior::SafetyAfter(2)));
+        assert_eq!(
+            d("[standin:midsafety=2]"),
+            Some(Behavior::StopAfter(2, "SAFETY"))
+        );
+        assert_eq!(
+            d("[standin:midrecitation=3]"),
+            Some(Behavior::StopAfter(3, "RECITATION"))
+        );
         assert_eq!(d("[standin:stall=1]"), Some(Behavior::StallAfter(1)));
         assert_eq!(d("[standin:truncate=1]"), Some(Behavior::TruncateAfter(1)));
         assert_eq!(

@@ -749,6 +749,22 @@ impl Functions {
             .collect()
     }
 
+    /// CPU time the live processes have used so far (user and system), in clock ticks:
+    /// work done, whatever else the machine is busy with.
+    pub fn cpu_ticks(&self) -> u64 {
+        self.children
+            .iter()
+            .filter_map(|c| std::fs::read_to_string(format!("/proc/{}/stat", c.id())).ok())
+            .filter_map(|stat| {
+                // Fields after the command name, which is in parentheses and may hold
+                // spaces: utime and stime are the 12th and 13th of them.
+                let rest = &stat[stat.rfind(')')? + 1..];
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+            })
+            .sum()
+    }
+
     /// Processes that exited on their own (a crash, or a failed start).
     pub fn exited(&mut self) -> usize {
         self.children

@@ -100,10 +100,16 @@ pub async fn run(args: &[String]) -> ExitCode {
 /// settle writes them (chat item, close, conversation item).
 async fn seed_conversation(store: &Store, length: usize) -> Result<ConversationId, String> {
     let id = ConversationId::new();
+    let account = store
+        .user(demo::DEMO_USER)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no demo user")?
+        .account;
     for n in 0..length {
         let charge = OpenCharge {
             id: uuid_v7(),
-            user_key: demo::DEMO_USER.to_owned(),
+            account: account.clone(),
             conversation_id: id.as_str().to_owned(),
             cost: 1,
             opened_at: now_millis(),
@@ -116,13 +122,14 @@ async fn seed_conversation(store: &Store, length: usize) -> Result<ConversationI
             model: "gemini-flash-latest",
             usage: Usage::default(),
             balance: 0,
+            finish_reason: Some("STOP"),
         };
         store
             .record_chat(&charge, answered)
             .await
             .map_err(|e| e.to_string())?;
         store
-            .touch_conversation(&charge, "bench", "gemini-flash-latest")
+            .touch_conversation(&charge, "bench", "gemini-flash-latest", 0)
             .await
             .map_err(|e| e.to_string())?;
     }

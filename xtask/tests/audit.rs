@@ -28,12 +28,13 @@ async fn audit_reports_balanced_and_unbalanced_books() {
         .await
         .unwrap();
     let guard = demo::guard(&token);
+    let account = store.user("john").await.unwrap().unwrap().account;
 
     // One settled chat, one refunded, one still open.
     let charges = Charges::new(&store, std::time::Duration::from_secs(60));
     let charge = |id: &str| OpenCharge {
         id: id.to_owned(),
-        user_key: "john".to_owned(),
+        account: account.clone(),
         conversation_id: "c1".to_owned(),
         cost: 100,
         opened_at: now_millis(),
@@ -48,6 +49,7 @@ async fn audit_reports_balanced_and_unbalanced_books() {
                     model: "m",
                     usage: Default::default(),
                     balance: hold.balance,
+                    finish_reason: None,
                     title: "q",
                 };
                 charges.settle(&hold, answer).await.unwrap();
@@ -89,6 +91,7 @@ async fn audit_reports_balanced_and_unbalanced_books() {
         model: "m",
         usage: Default::default(),
         balance: 0,
+        finish_reason: None,
     };
     store.record_chat(&charge("free"), free).await.unwrap();
     client
@@ -120,9 +123,10 @@ async fn audit_checks_a_deleted_accounts_books_by_its_tombstone() {
         .await
         .unwrap();
     let charges = Charges::new(&store, std::time::Duration::from_secs(60));
+    let account = store.user("john").await.unwrap().unwrap().account;
     let charge = OpenCharge {
         id: "01900000-0000-7000-8000-000000000001".to_owned(),
-        user_key: "john".to_owned(),
+        account: account.clone(),
         conversation_id: "c1".to_owned(),
         cost: 100,
         opened_at: now_millis(),
@@ -135,12 +139,18 @@ async fn audit_checks_a_deleted_accounts_books_by_its_tombstone() {
         title: "q",
         usage: Default::default(),
         balance: hold.balance,
+        finish_reason: None,
     };
     charges.settle(&hold, answer).await.unwrap();
 
     // The store's deletion steps, as the account service runs them.
-    let (user, id) = store.mark_deleting("john", "tomb1").await.unwrap().unwrap();
-    store.retire_user(&user, &id).await.unwrap();
+    let (user, id) = store
+        .mark_deleting(&account, "tomb1")
+        .await
+        .unwrap()
+        .unwrap();
+    store.retire_items(&account, &id).await.unwrap();
+    store.write_tombstone(&user, &id).await.unwrap();
     assert!(store.delete_user("john", &id).await.unwrap());
 
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))

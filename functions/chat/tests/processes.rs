@@ -200,7 +200,8 @@ async fn a_chat_over_the_rate_gets_429_and_the_balance_is_untouched() {
 async fn a_chat_with_a_logged_out_token_gets_401_and_costs_nothing() {
     let setup = setup(4000).await;
     let _functions = setup.functions(1, &[]);
-    setup.store.end_sessions("john", None).await.unwrap();
+    let john = setup.store.user("john").await.unwrap().unwrap();
+    setup.store.end_sessions(&john.account, None).await.unwrap();
     let (status, body) = invoke(&setup.runtime, chat_event(&setup.token, "hello", None))
         .await
         .http();

@@ -101,10 +101,47 @@ async fn a_stand_in_failure_midway_is_an_error_event_and_the_credits_come_back()
     let (last, data, _) = events.last().unwrap();
     assert_eq!(last, "error", "{names:?}");
     assert_eq!(data["code"], "model_error");
+    assert_eq!(
+        (&data["charged"], &data["tokens_remaining"]),
+        (&json!(false), &json!(4000))
+    );
     let books = setup.books().await;
     assert_eq!(
         (books.balance, books.refunded_chats, books.open_charges),
         (4000, 1, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_safety_stop_midway_is_charged_once_for_the_words_given() {
+    let setup = setup(4000).await;
+    setup.standin.set_behavior(Behavior::StopAfter(4, "SAFETY"));
+    paced(&setup);
+    let _functions = setup.functions(1, &[]);
+
+    let mut stream = setup.runtime.invoke_streaming(streamed(&setup, "a story"));
+    assert_eq!(stream.prelude().await.unwrap().status, 200);
+    let events = events(&mut stream, None).await;
+    assert_eq!(stream.end().await, StreamEnd::Completed);
+    let given: String = events
+        .iter()
+        .filter(|(n, _, _)| n == "delta")
+        .map(|(_, d, _)| d["text"].as_str().unwrap())
+        .collect();
+    let (last, data, _) = events.last().unwrap();
+    assert_eq!(last, "error");
+    assert_eq!(data["code"], "content_blocked", "{data}");
+    assert_eq!(data["charged"], true, "{data}");
+    assert_eq!(data["tokens_remaining"], 3900, "{data}");
+
+    let chats = setup.store.chats("john").await.unwrap();
+    assert_eq!(chats.len(), 1);
+    assert_eq!(chats[0].response.as_deref(), Some(given.as_str()));
+    assert_eq!(chats[0].finish_reason.as_deref(), Some("SAFETY"));
+    let books = setup.books().await;
+    assert_eq!(
+        (books.balance, books.completed_chats, books.open_charges),
+        (3900, 1, 0)
     );
 }
 

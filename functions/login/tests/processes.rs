@@ -197,10 +197,11 @@ async fn a_deleted_accounts_books_still_audit_clean() {
     // Two answered chats and one refunded, through the charge service.
     let charges = Charges::new(store, Duration::from_secs(60));
     let guard = demo::guard(&token);
+    let account = store.user("john").await.unwrap().unwrap().account;
     for (i, answered) in [true, false, true].into_iter().enumerate() {
         let charge = OpenCharge {
             id: format!("0190000{i}-0000-7000-8000-000000000000"),
-            user_key: "john".into(),
+            account: account.clone(),
             conversation_id: format!("c{i}"),
             cost: 100,
             opened_at: now_millis(),
@@ -214,6 +215,7 @@ async fn a_deleted_accounts_books_still_audit_clean() {
                 title: "a private question",
                 usage: Default::default(),
                 balance: hold.balance,
+                finish_reason: None,
             };
             charges.settle(&hold, answer).await.unwrap();
         } else {

@@ -18,7 +18,7 @@ use crate::{
     domain::{ChatMessage, ConversationId},
     http::{self, StreamBody},
     service::{
-        chat::{Answer, Begun, ChatRequest, ChatService, Outcome, Progress},
+        chat::{Answer, Begun, CANCELLED, ChatRequest, ChatService, Outcome, Progress},
         conversations::Choice,
     },
 };
@@ -56,7 +56,7 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
 
     let service = service(chat_app);
     let request = ChatRequest {
-        user_key: authed.user_key,
+        account: authed.user.account.clone(),
         message,
         idempotency_key,
         conversation,
@@ -76,6 +76,10 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
                 (Outcome::Refused { reason }, _) => {
                     http::into_stream(http::error_response(&ApiError::ContentBlocked { reason }))
                 }
+                // Its conversation was deleted: nothing of it is replayed, nothing charged.
+                (Outcome::ConversationDeleted { .. }, _) => {
+                    http::into_stream(http::error_response(&ApiError::NotFound("conversation")))
+                }
             };
             resp.headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -86,6 +90,7 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
         return match service.ask(turn).await? {
             Outcome::Answered(answer) => Ok(http::into_stream(answered(&answer))),
             Outcome::Refused { reason } => Err(ApiError::ContentBlocked { reason }),
+            Outcome::ConversationDeleted { .. } => Err(ApiError::NotFound("conversation")),
         };
     }
 
@@ -166,15 +171,52 @@ fn render_progress(progress: Progress) -> bytes::Bytes {
         ),
         Progress::Delta(text) => http::sse_event("delta", &json!({ "text": text })),
         Progress::Done(answer) => http::sse_event("done", &done(&answer)),
-        Progress::Failed(err) => {
-            let err = ApiError::from(err);
+        Progress::Cut(answer) => cut(&answer),
+        Progress::Failed {
+            error,
+            charged,
+            tokens_remaining,
+        } => {
+            let err = ApiError::from(error);
             http::log_error(&err);
             http::sse_event(
                 "error",
-                &json!({ "code": err.code(), "detail": err.to_string() }),
+                &json!({
+                    "code": err.code(),
+                    "detail": err.to_string(),
+                    "charged": charged,
+                    "tokens_remaining": tokens_remaining,
+                }),
             )
         }
     }
+}
+
+/// An answer the model stopped midway for the prompt's sake (a safety filter,
+/// recitation…): an `error` event, though the words the client received were charged
+/// and are kept. (A client's own cancel is not something a Server-Sent Events client can
+/// ask for; should one reach here, it ends as the answer it asked for: `done`.)
+fn cut(answer: &Answer) -> bytes::Bytes {
+    let reason = answer.finish_reason.as_deref().unwrap_or_default();
+    if reason == CANCELLED {
+        return http::sse_event("done", &done(answer));
+    }
+    let err = ApiError::ContentBlocked {
+        reason: reason.to_owned(),
+    };
+    http::sse_event(
+        "error",
+        &json!({
+            "code": err.code(),
+            "detail": format!(
+                "The model stopped its answer midway ({reason}); you were charged for the words you received."
+            ),
+            "charged": true,
+            "tokens_remaining": answer.tokens_remaining,
+            "cost": answer.cost,
+            "finish_reason": reason,
+        }),
+    )
 }
 
 /// Absent: the latest conversation if recent; `null`: a new one; a string: that one.

@@ -68,7 +68,7 @@ async fn conversations(app: &App, req: &Request, path: &str) -> Result<Response<
         Route::Messages(_) => order(req)?,
         _ => Order::default(),
     };
-    let user = app.authenticate(token).await?.user_key;
+    let user = app.authenticate(token).await?.user.account;
     let service = Conversations::new(&app.store, &app.config.conversations);
     match route {
         Route::List => {
@@ -198,6 +198,9 @@ struct MessageView {
     model: String,
     cost: u64,
     created_at: u64,
+    /// Why the answer ended (`STOP`, `MAX_TOKENS`, or, for an answer cut short and
+    /// charged for the words given, `SAFETY`, `RECITATION`…); `null` for older records.
+    finish_reason: Option<String>,
 }
 
 impl From<&ChatRecord> for MessageView {
@@ -209,6 +212,7 @@ impl From<&ChatRecord> for MessageView {
             model: c.model.clone().unwrap_or_default(),
             cost: c.cost,
             created_at: c.created_at,
+            finish_reason: c.finish_reason.clone(),
         }
     }
 }

@@ -23,7 +23,7 @@ async fn login(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
     let client = http::client_ip(req);
     let token = app
         .accounts()
-        .login(username, password, client.as_deref())
+        .login(username, password, client.as_ref())
         .await?;
     Ok(http::json(
         StatusCode::OK,

@@ -1,7 +1,8 @@
 //! The endpoints. Each function's `main` hands every request to one entry point here
 //! ([`register_function`], [`login_function`], [`chat_function`], [`tokens_function`]):
 //! it never fails at the Lambda level, every outcome is an HTTP response, and every
-//! response goes out through [`cors::serve`](crate::cors::serve).
+//! response leaves through [`http::with_common_headers`] and then
+//! [`cors::serve`](crate::cors::serve).
 
 pub mod chat;
 pub mod conversations;
@@ -64,11 +65,12 @@ async fn chat_routes(
     req: Request,
 ) -> Result<Response<http::StreamBody>, Error> {
     let path = route_path(&req);
-    if conversations::serves(&path) {
-        let resp = conversations::handle(&chat_app.app, req, &path).await;
-        return Ok(http::into_stream(resp));
-    }
-    chat::handle(chat_app, req).await
+    let resp = if conversations::serves(&path) {
+        http::into_stream(conversations::handle(&chat_app.app, req, &path).await)
+    } else {
+        chat::handle(chat_app, req).await?
+    };
+    Ok(http::with_common_headers(resp))
 }
 
 /// The tokens function: `/api/tokens/`, `/api/models/`, `/api/openapi.json` and the
@@ -79,16 +81,16 @@ pub async fn tokens_function(app: &App, req: Request) -> Result<Response<Body>, 
 
 async fn tokens_routes(app: &App, req: Request) -> Result<Response<Body>, Error> {
     let path = route_path(&req);
-    if page::serves(&path) {
-        return Ok(page::handle(req, &path).await);
-    }
-    if path == "/api/models" {
-        return Ok(models::handle(app, req).await);
-    }
-    if path.ends_with("/openapi.json") {
-        return Ok(openapi::handle(req).await);
-    }
-    tokens::handle(app, req).await
+    let resp = if page::serves(&path) {
+        page::handle(req, &path).await
+    } else if path == "/api/models" {
+        models::handle(app, req).await
+    } else if path.ends_with("/openapi.json") {
+        openapi::handle(req).await
+    } else {
+        tokens::handle(app, req).await?
+    };
+    Ok(http::with_common_headers(resp))
 }
 
 /// What every function builds once per cold start.

@@ -9,12 +9,14 @@ use serde_json::json;
 use crate::{
     ApiError, App,
     domain::{Password, Username},
-    error::{Throttle, account_error},
     http,
 };
 
+/// The register function's entry point.
 pub async fn handle(app: &App, req: Request) -> Result<Response<Body>, Error> {
-    Ok(http::respond(register(app, &req).await))
+    Ok(http::with_common_headers(http::respond(
+        register(app, &req).await,
+    )))
 }
 
 async fn register(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {
@@ -25,9 +27,8 @@ async fn register(app: &App, req: &Request) -> Result<Response<Body>, ApiError> 
     let client = http::client_ip(req);
     let tokens = app
         .accounts()
-        .register(&username, password, client.as_deref())
-        .await
-        .map_err(|e| account_error(e, Throttle::Register))?;
+        .register(&username, password, client.as_ref())
+        .await?;
     tracing::info!(user = %username.key(), tokens, "registered");
     Ok(http::json(
         StatusCode::CREATED,

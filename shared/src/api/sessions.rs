@@ -35,9 +35,11 @@ pub async fn route(app: &App, req: Request) -> Result<Response<Body>, Error> {
     } else if path.ends_with("/account") {
         delete_account(app, &req).await
     } else {
-        return super::login::handle(app, req).await;
+        return Ok(http::with_common_headers(
+            super::login::handle(app, req).await?,
+        ));
     };
-    Ok(http::respond(result))
+    Ok(http::with_common_headers(http::respond(result)))
 }
 
 async fn logout(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {

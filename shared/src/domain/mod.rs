@@ -3,9 +3,11 @@
 
 use std::fmt;
 
+mod client;
 mod conversation;
 mod model;
 
+pub use client::{ClientAddr, Network};
 pub use conversation::{ConversationId, Model, ModelCatalogue, Title};
 pub use model::{InvalidModelName, ModelName, ThinkingFamily, ThinkingLevel};
 

@@ -72,6 +72,12 @@ impl ReplyStream {
         }
     }
 
+    /// What Gemini had counted by the latest chunk read (counts are cumulative): the
+    /// usage of an answer that stopped before its end.
+    pub fn usage_so_far(&self) -> Usage {
+        self.usage.unwrap_or_default()
+    }
+
     /// The next event, or `None` after `Done` or an error.
     pub async fn next(&mut self) -> Option<Result<StreamEvent, Error>> {
         if self.over {

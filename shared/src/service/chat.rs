@@ -5,13 +5,15 @@
 //! credits; whoever asks the model then ends it with [`ChatService::answered`] or
 //! [`ChatService::failed`]. [`ChatService::ask`] is the buffered whole;
 //! [`ChatService::open_stream`] and [`OpenStream::run`] the streamed one. Both share the
-//! hold, the settle, the refund and the idempotency outcome.
+//! hold, the settle, the refund and the idempotency outcome, and both end a turn through
+//! [`ChatService::end`], which asks the charge lifecycle's rule ([`Ending::is_charged`])
+//! whether the answer is paid for.
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use super::outcome::{Answer, Outcome};
 use super::{
-    charges::{Answered, ChargeError, Charges, Hold},
+    charges::{Answered, ChargeError, Charges, Ending, Hold, Settled},
     conversations::{Choice, Conversations},
 };
 use crate::{
@@ -19,33 +21,11 @@ use crate::{
     domain::{ChatMessage, ConversationId, Model, Usage},
     gemini::{self, GeminiClient, ModelName, Prompt},
     store::{
-        self, ChargeState, Claim, DebitGuard, KeyOwner, OpenCharge, PastTurn, Store, now_millis,
+        self, Account, ChargeState, Claim, DebitGuard, KeyOwner, OpenCharge, PastTurn, Store,
+        now_millis,
     },
     telemetry::Chain,
 };
-
-/// What a chat turn produced. This is what an idempotency record keeps and replays.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Outcome {
-    /// The model answered and the answer was paid for.
-    Answered(Answer),
-    /// The model would not answer this message (safety); nothing was charged.
-    Refused { reason: String },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Answer {
-    pub message: String,
-    pub response: String,
-    /// The balance after this chat was paid.
-    pub tokens_remaining: u64,
-    pub conversation_id: String,
-    pub model: String,
-    pub cost: u64,
-    pub usage: Usage,
-    pub finish_reason: Option<String>,
-}
 
 /// A chat turn that can't go on, in the service's terms.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +50,14 @@ pub enum ChatError {
     /// The model failed; the charge was refunded.
     #[error("the model failed")]
     Model(#[source] gemini::Error),
+    /// The answer could not be stored, so it was withheld; the charge was refunded.
+    #[error("the answer could not be stored; withheld and refunded")]
+    Withheld(#[source] store::Error),
+    /// The answer could not be settled and the store kept failing while finding out
+    /// what became of it: whether it was charged is not known yet. Recovery decides it
+    /// by the chat item, and a retry with the same idempotency key gets that outcome.
+    #[error("the answer's settle is not known")]
+    Unsettled(#[source] store::Error),
     #[error(transparent)]
     Store(#[from] store::Error),
 }
@@ -82,6 +70,7 @@ impl From<ChargeError> for ChatError {
             ChargeError::SessionEnded { expired } => Self::SessionEnded { expired },
             ChargeError::TooManyInFlight => Self::TooManyInFlight,
             ChargeError::RateExceeded => Self::RateExceeded,
+            ChargeError::Withheld(e) => Self::Withheld(e),
             ChargeError::Store(e) => Self::Store(e),
         }
     }
@@ -100,9 +89,51 @@ pub enum Progress {
     Delta(String),
     /// The whole answer, paid for.
     Done(Answer),
-    /// The answer failed midway; the charge was refunded.
-    Failed(ChatError),
+    /// The answer stopped before its end for a reason the prompt or the client caused:
+    /// the words handed out were paid for and are kept as `answer`, whose
+    /// `finish_reason` says why it stopped.
+    Cut(Answer),
+    /// The answer failed midway. `charged`: `Some(false)` when it was not charged,
+    /// `None` when the store failed so that it is not known yet (the charge is then left
+    /// to recovery). `tokens_remaining`: the balance as it now is, when known.
+    Failed {
+        error: ChatError,
+        charged: Option<bool>,
+        tokens_remaining: Option<u64>,
+    },
 }
+
+/// How the model's part of a turn ended, before the charge is settled or refunded.
+#[derive(Debug)]
+pub enum Ended {
+    /// The whole answer.
+    Finished(gemini::Reply),
+    /// The client asked the turn to stop.
+    Cancelled,
+    /// The model stopped or failed.
+    Failed(gemini::Error),
+}
+
+/// A turn's end, its charge settled or refunded.
+#[derive(Debug)]
+pub enum Closed {
+    /// See [`Progress::Done`].
+    Done(Answer),
+    /// See [`Progress::Cut`].
+    Cut(Answer),
+    /// Refunded: nothing charged; the balance with the credits back, unless the refund
+    /// was left to recovery.
+    Refunded {
+        error: ChatError,
+        tokens_remaining: Option<u64>,
+    },
+    /// The answer could not be settled (the store kept failing).
+    Unsettled(ChatError),
+}
+
+/// The `finish_reason` kept with an answer the client stopped. Gemini's own reasons are
+/// upper case too; this one is ours.
+pub const CANCELLED: &str = "CANCELLED";
 
 /// A streamed turn whose model has produced its first text: from here on, failures are
 /// reported as [`Progress::Failed`] rather than as an error status.
@@ -116,7 +147,8 @@ pub struct OpenStream {
 /// What the client asked for.
 #[derive(Debug)]
 pub struct ChatRequest {
-    pub user_key: String,
+    /// Whose: the account the token's session belongs to.
+    pub account: Account,
     pub message: ChatMessage,
     pub idempotency_key: Option<String>,
     pub conversation: Choice,
@@ -174,7 +206,7 @@ impl<'a> ChatService<'a> {
         let placement = conversations.place(req.conversation, req.last_conversation);
         let charge = OpenCharge {
             id: Uuid::now_v7().to_string(),
-            user_key: req.user_key,
+            account: req.account,
             conversation_id: placement.id.as_str().to_owned(),
             cost: req.model.cost,
             opened_at: now_millis(),
@@ -187,7 +219,7 @@ impl<'a> ChatService<'a> {
             None => None,
             Some(key) => {
                 if let Some(replay) = self
-                    .claim(&charge.user_key, &key, &req.message, &owner)
+                    .claim(&charge.account, &key, &req.message, &owner)
                     .await?
                 {
                     return Ok(Begun::Replay(replay));
@@ -195,7 +227,7 @@ impl<'a> ChatService<'a> {
                 Some((key, owner))
             }
         };
-        let user = charge.user_key.clone();
+        let user = charge.account.clone();
         let id = &placement.id;
         let charges = self.charges();
         let (held, exists, history) = tokio::join!(
@@ -248,7 +280,7 @@ impl<'a> ChatService<'a> {
     }
 
     /// The buffered turn: ask the model (recovering abandoned charges meanwhile) and end
-    /// the turn with its reply.
+    /// the turn with its reply. Nothing is handed out before the reply is whole.
     pub async fn ask(&self, turn: Turn) -> Result<Outcome, ChatError> {
         let charges = self.charges();
         let model = self.model_of(&turn)?;
@@ -257,11 +289,70 @@ impl<'a> ChatService<'a> {
             self.gemini.generate(&prompt),
             charges.recover(&turn.hold.abandoned),
         );
-        match reply {
-            Ok(reply) => Ok(Outcome::Answered(
-                self.answered(turn, reply, recovered).await?,
-            )),
-            Err(err) => Err(self.failed(turn, err).await),
+        let ended = match reply {
+            Ok(reply) => Ended::Finished(reply),
+            Err(err) => Ended::Failed(err),
+        };
+        match self
+            .end(turn, ended, String::new(), Usage::default(), recovered)
+            .await
+        {
+            Closed::Done(answer) | Closed::Cut(answer) => Ok(Outcome::Answered(answer)),
+            Closed::Refunded { error, .. } | Closed::Unsettled(error) => Err(error),
+        }
+    }
+
+    /// Ends a turn by the charge lifecycle's rule: `handed` is what the client has
+    /// received of the answer already (`usage` what Gemini had counted by then). A
+    /// charged answer that stopped early is kept as those words, with the reason it
+    /// stopped.
+    pub async fn end(
+        &self,
+        turn: Turn,
+        ended: Ended,
+        handed: String,
+        usage: Usage,
+        recovered: u64,
+    ) -> Closed {
+        let ending = match &ended {
+            Ended::Finished(_) => Ending::Finished,
+            Ended::Cancelled => Ending::Cancelled,
+            Ended::Failed(err) if err.blocked_reason().is_some() => Ending::StoppedByPrompt,
+            Ended::Failed(_) => Ending::Failed,
+        };
+        if !ending.is_charged(!handed.is_empty()) {
+            let err = match ended {
+                Ended::Failed(err) => err,
+                // Charged whenever they happen (a whole answer; a cancel, which is only
+                // taken after the first words): never here.
+                Ended::Finished(_) | Ended::Cancelled => gemini::Error::Incomplete,
+            };
+            let (error, tokens_remaining) = self.refund_turn(turn, err, recovered).await;
+            return Closed::Refunded {
+                error,
+                tokens_remaining,
+            };
+        }
+        let cut = |reason: &str| gemini::Reply {
+            text: handed.clone(),
+            model: turn.model.id.clone(),
+            usage,
+            finish_reason: Some(reason.to_owned()),
+        };
+        let reply = match &ended {
+            Ended::Finished(reply) => reply.clone(),
+            Ended::Cancelled => cut(CANCELLED),
+            Ended::Failed(err) => cut(err.blocked_reason().unwrap_or_default()),
+        };
+        let refunded = turn.hold.balance + recovered + turn.hold.charge.cost;
+        match self.answered(turn, reply, recovered).await {
+            Ok(answer) if ending == Ending::Finished => Closed::Done(answer),
+            Ok(answer) => Closed::Cut(answer),
+            Err(error @ ChatError::Withheld(_)) => Closed::Refunded {
+                error,
+                tokens_remaining: Some(refunded),
+            },
+            Err(error) => Closed::Unsettled(error),
         }
     }
 
@@ -303,7 +394,8 @@ impl<'a> ChatService<'a> {
             usage: reply.usage,
             finish_reason: reply.finish_reason,
         };
-        self.charges()
+        let settled = self
+            .charges()
             .settle(
                 hold,
                 Answered {
@@ -313,31 +405,64 @@ impl<'a> ChatService<'a> {
                     usage: answer.usage,
                     balance: answer.tokens_remaining,
                     title: Conversations::default_title(&answer.message).as_str(),
+                    finish_reason: answer.finish_reason.as_deref(),
                 },
             )
-            .await?;
+            .await;
+        let kept = match settled {
+            Ok(kept) => kept,
+            Err(ChargeError::Withheld(e)) => {
+                // Refunded for certain: a retry may go differently.
+                if let Some((key, owner)) = &turn.key {
+                    self.release(&hold.charge.account, key, owner).await;
+                }
+                return Err(ChatError::Withheld(e));
+            }
+            // Not known: the key stays with this charge, and a retry once it is stale
+            // gets what recovery made of it.
+            Err(ChargeError::Store(e)) => return Err(ChatError::Unsettled(e)),
+            Err(other) => return Err(other.into()),
+        };
         tracing::info!(
-            user = %hold.charge.user_key, charge = %hold.charge.id, cost = hold.charge.cost,
+            user = %hold.charge.account.user_key, charge = %hold.charge.id, cost = hold.charge.cost,
             balance = answer.tokens_remaining, model = %answer.model,
             served_by = %reply.model, context_turns = turn.context.len(),
             prompt_tokens = answer.usage.prompt_tokens, response_tokens = answer.usage.response_tokens,
             finish_reason = answer.finish_reason.as_deref().unwrap_or("-"),
             "chat answered"
         );
-        // Only after the settle: a key must never replay an answer that was not paid.
+        // Only after the settle: a key must never replay an answer that was not paid,
+        // nor the text of a deleted conversation.
         if let Some((key, owner)) = &turn.key {
-            let outcome = Outcome::Answered(answer.clone());
-            self.finish(&hold.charge.user_key, key, owner, &outcome)
+            let outcome = match kept {
+                Settled::Kept => Outcome::Answered(answer.clone()),
+                Settled::ConversationDeleted => Outcome::ConversationDeleted {
+                    conversation_id: answer.conversation_id.clone(),
+                },
+            };
+            self.finish(&hold.charge.account, key, owner, &outcome)
                 .await;
         }
         Ok(answer)
     }
 
-    /// The model failed: refund, and either keep the refusal (a safety block will block
-    /// again) or free the key (the next attempt may go differently).
+    /// The model failed before any word went out: refund, and either keep the refusal
+    /// (a safety block will block again) or free the key (the next attempt may go
+    /// differently).
     pub async fn failed(&self, turn: Turn, err: gemini::Error) -> ChatError {
+        self.refund_turn(turn, err, 0).await.0
+    }
+
+    /// [`failed`](Self::failed), also returning the balance with the credits back
+    /// (`None` if the refund was left to recovery).
+    async fn refund_turn(
+        &self,
+        turn: Turn,
+        err: gemini::Error,
+        recovered: u64,
+    ) -> (ChatError, Option<u64>) {
         let hold = &turn.hold;
-        let user = &hold.charge.user_key;
+        let user = &hold.charge.account;
         let reason = err.to_string();
         let refusal = err.blocked_reason().map(|reason| Outcome::Refused {
             reason: reason.to_owned(),
@@ -355,9 +480,10 @@ impl<'a> ChatService<'a> {
             keep_key
         );
         if refunded {
-            tracing::warn!(user = %user, charge = %hold.charge.id, reason, "model failed; refunded");
+            tracing::warn!(user = %user.user_key, charge = %hold.charge.id, reason, "model failed; refunded");
         }
-        ChatError::Model(err)
+        let balance = refunded.then_some(hold.balance + recovered + hold.charge.cost);
+        (ChatError::Model(err), balance)
     }
 
     /// The turn's model as the client takes it (the catalogue's names are checked at
@@ -380,7 +506,7 @@ impl<'a> ChatService<'a> {
     /// `Some(outcome)`: the key's first request already ended; replay it.
     async fn claim(
         &self,
-        user: &str,
+        user: &Account,
         key: &str,
         message: &ChatMessage,
         owner: &KeyOwner,
@@ -404,7 +530,7 @@ impl<'a> ChatService<'a> {
                 // will be, by recovery): replay it rather than charge again.
                 let charge = OpenCharge {
                     id: stale.charge_id.clone(),
-                    user_key: user.to_owned(),
+                    account: user.clone(),
                     conversation_id: stale.conversation_id.clone(),
                     cost: 0,
                     opened_at: 0,
@@ -412,16 +538,22 @@ impl<'a> ChatService<'a> {
                 if let Some(record) = self.store.chat(&charge).await?
                     && record.state == ChargeState::Completed
                 {
-                    let outcome = Outcome::Answered(Answer {
-                        message: record.message,
-                        response: record.response.unwrap_or_default(),
-                        tokens_remaining: record.balance.unwrap_or_default(),
-                        conversation_id: record.conversation_id,
-                        model: record.model.unwrap_or_default(),
-                        cost: record.cost,
-                        usage: record.usage.unwrap_or_default(),
-                        finish_reason: None,
-                    });
+                    let outcome = match record.response {
+                        // Answered, but its conversation was deleted since: no text.
+                        None => Outcome::ConversationDeleted {
+                            conversation_id: record.conversation_id,
+                        },
+                        Some(response) => Outcome::Answered(Answer {
+                            message: record.message,
+                            response,
+                            tokens_remaining: record.balance.unwrap_or_default(),
+                            conversation_id: record.conversation_id,
+                            model: record.model.unwrap_or_default(),
+                            cost: record.cost,
+                            usage: record.usage.unwrap_or_default(),
+                            finish_reason: record.finish_reason,
+                        }),
+                    };
                     self.finish(user, key, &stale, &outcome).await;
                     return Ok(Some(outcome));
                 }
@@ -437,7 +569,7 @@ impl<'a> ChatService<'a> {
         }
     }
 
-    async fn finish(&self, user: &str, key: &str, owner: &KeyOwner, outcome: &Outcome) {
+    async fn finish(&self, user: &Account, key: &str, owner: &KeyOwner, outcome: &Outcome) {
         let stored = match serde_json::to_string(outcome) {
             Ok(stored) => stored,
             Err(e) => {
@@ -455,7 +587,7 @@ impl<'a> ChatService<'a> {
         }
     }
 
-    async fn release(&self, user: &str, key: &str, owner: &KeyOwner) {
+    async fn release(&self, user: &Account, key: &str, owner: &KeyOwner) {
         if let Err(e) = self.store.release_idempotency_key(user, key, owner).await {
             tracing::error!(error = %Chain(&e), "could not free the idempotency key");
         }
@@ -464,40 +596,77 @@ impl<'a> ChatService<'a> {
 
 impl OpenStream {
     /// Reads the model's stream to its end, reporting each step to `report`, then settles
-    /// or refunds. It never stops early: a client that went away still gets its answer
-    /// stored and charged once (`report` just has nobody to tell).
-    pub async fn run(self, service: ChatService<'_>, mut report: impl FnMut(Progress)) {
+    /// or refunds. It never stops early on its own: a client that went away still gets
+    /// its answer stored and charged once (`report` just has nobody to tell).
+    pub async fn run(self, service: ChatService<'_>, report: impl FnMut(Progress)) {
+        self.run_until(service, std::future::pending(), report)
+            .await
+    }
+
+    /// [`run`](Self::run), stopping when `cancel` completes: the client asked the turn to
+    /// stop. The words handed out by then are the answer, charged and kept with the
+    /// finish reason [`CANCELLED`]. `cancel` is only heeded between chunks, after the
+    /// first words went out.
+    pub async fn run_until(
+        self,
+        service: ChatService<'_>,
+        cancel: impl Future<Output = ()>,
+        mut report: impl FnMut(Progress),
+    ) {
         let OpenStream {
             turn,
             mut stream,
             first,
         } = self;
-        let hold = &turn.hold;
         report(Progress::Start {
-            conversation_id: hold.charge.conversation_id.clone(),
+            conversation_id: turn.hold.charge.conversation_id.clone(),
             model: turn.model.id.clone(),
-            tokens_remaining: hold.balance,
+            tokens_remaining: turn.hold.balance,
         });
-        let charges = service.charges();
+        let mut cancel = std::pin::pin!(cancel);
+        let mut handed = String::new();
         let read = async {
             let mut next = Some(Ok(first));
             loop {
                 match next {
-                    Some(Ok(gemini::StreamEvent::Text(text))) => report(Progress::Delta(text)),
-                    Some(Ok(gemini::StreamEvent::Done(reply))) => return Ok(reply),
-                    Some(Err(err)) => return Err(err),
-                    None => return Err(gemini::Error::Incomplete),
+                    Some(Ok(gemini::StreamEvent::Text(text))) => {
+                        handed.push_str(&text);
+                        report(Progress::Delta(text));
+                    }
+                    Some(Ok(gemini::StreamEvent::Done(reply))) => return Ended::Finished(reply),
+                    Some(Err(err)) => return Ended::Failed(err),
+                    None => return Ended::Failed(gemini::Error::Incomplete),
                 }
-                next = stream.next().await;
+                next = tokio::select! {
+                    biased;
+                    () = &mut cancel => return Ended::Cancelled,
+                    next = stream.next() => next,
+                };
             }
         };
-        let (reply, recovered) = tokio::join!(read, charges.recover(&hold.abandoned));
-        match reply {
-            Ok(reply) => match service.answered(turn, reply, recovered).await {
-                Ok(answer) => report(Progress::Done(answer)),
-                Err(err) => report(Progress::Failed(err)),
+        let charges = service.charges();
+        let (ended, recovered) = tokio::join!(read, charges.recover(&turn.hold.abandoned));
+        let usage = stream.usage_so_far();
+        // Gemini is not asked for more of an answer that is over.
+        drop(stream);
+        report(
+            match service.end(turn, ended, handed, usage, recovered).await {
+                Closed::Done(answer) => Progress::Done(answer),
+                Closed::Cut(answer) => Progress::Cut(answer),
+                Closed::Refunded {
+                    error,
+                    tokens_remaining,
+                } => Progress::Failed {
+                    error,
+                    charged: Some(false),
+                    tokens_remaining,
+                },
+                Closed::Unsettled(error) => Progress::Failed {
+                    error,
+                    charged: None,
+                    tokens_remaining: None,
+                },
             },
-            Err(err) => report(Progress::Failed(service.failed(turn, err).await)),
-        }
+        );
     }
 }

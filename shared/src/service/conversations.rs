@@ -3,11 +3,15 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
+use std::time::Duration;
+
+use super::{charges::write_window, outcome::Outcome};
 use crate::{
     config::ConversationConfig,
     domain::{ConversationId, Title},
     store::{
-        self, ChatRecord, ConversationRecord, ConversationsAfter, Page, PastTurn, Store, now_millis,
+        self, Account, ChatRecord, ConversationRecord, ConversationsAfter, OpenCharge, Page,
+        PastTurn, Store, Tombstoned, now_millis,
     },
 };
 
@@ -175,13 +179,13 @@ impl<'a> Conversations<'a> {
     /// The context for the next turn of `id` (one `Query` from the newest end).
     pub async fn context(
         &self,
-        user_key: &str,
+        account: &Account,
         id: &ConversationId,
     ) -> Result<Vec<PastTurn>, store::Error> {
         let newest_first = self
             .store
             .recent_turns(
-                user_key,
+                account,
                 id,
                 self.config.context_turns,
                 self.config.context_chars,
@@ -197,14 +201,14 @@ impl<'a> Conversations<'a> {
 
     pub async fn list(
         &self,
-        user_key: &str,
+        account: &Account,
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<(Vec<ConversationRecord>, Option<String>), ConversationError> {
         let after = cursor.map(cursor::parse_conversations).transpose()?;
         let Page { items, next } = self
             .store
-            .conversations(user_key, limit, after.as_ref())
+            .conversations(account, limit, after.as_ref())
             .await?;
         Ok((items, next.as_ref().map(cursor::conversations)))
     }
@@ -213,7 +217,7 @@ impl<'a> Conversations<'a> {
     /// alongside the first page's read.
     pub async fn messages(
         &self,
-        user_key: &str,
+        account: &Account,
         id: &ConversationId,
         limit: usize,
         cursor: Option<&str>,
@@ -224,9 +228,9 @@ impl<'a> Conversations<'a> {
             .transpose()?;
         let newest_first = order == Order::NewestFirst;
         let (exists, page) = tokio::join!(
-            self.store.conversation(user_key, id),
+            self.store.conversation(account, id),
             self.store
-                .messages(user_key, id, limit, after.as_deref(), newest_first),
+                .messages(account, id, limit, after.as_deref(), newest_first),
         );
         if exists?.is_none() {
             return Err(ConversationError::NotFound);
@@ -237,28 +241,81 @@ impl<'a> Conversations<'a> {
 
     pub async fn rename(
         &self,
-        user_key: &str,
+        account: &Account,
         id: &ConversationId,
         title: &Title,
     ) -> Result<ConversationRecord, ConversationError> {
         self.store
-            .rename_conversation(user_key, id, title.as_str())
+            .rename_conversation(account, id, title.as_str())
             .await?
             .ok_or(ConversationError::NotFound)
     }
 
-    /// Deletes a conversation's content; the charges' records stay for the books.
+    /// Deletes a conversation: it is marked deleted at once (so that a chat still
+    /// running in it cannot bring it back), then its chats lose their text (the charges'
+    /// records stay for the books), its idempotency keys stop replaying that text, and
+    /// the user's pointer to it goes. A chat that settled in it just before may still be
+    /// writing its record: the text is removed only once that is over (a wait, at most
+    /// the write window, only when the conversation was answered that recently).
+    ///
+    /// Asked again, a deletion finishes whatever an earlier one left undone, and is a
+    /// `NotFound` all the same.
     pub async fn delete(
         &self,
-        user_key: &str,
+        account: &Account,
         id: &ConversationId,
     ) -> Result<(), ConversationError> {
-        if self.store.conversation(user_key, id).await?.is_none() {
+        let by = uuid::Uuid::now_v7().to_string();
+        let Some(tombstone) = self.store.tombstone_conversation(account, id, &by).await? else {
             return Err(ConversationError::NotFound);
+        };
+        let wait = self.settling(account, id, &tombstone).await?;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
-        let stripped = self.store.delete_conversation(user_key, id).await?;
-        tracing::info!(user = %user_key, conversation = %id, stripped, "conversation deleted");
-        Ok(())
+        let replay = Outcome::deleted(id.as_str());
+        let (stripped, keys, forgot) = tokio::join!(
+            self.store.strip_conversation(account, id),
+            self.store
+                .close_idempotency_keys(account, id.as_str(), &replay),
+            self.store.forget_conversation(account, id),
+        );
+        let (stripped, keys) = (stripped?, keys?);
+        forgot?;
+        tracing::info!(user = %account.user_key, conversation = %id, stripped, keys, waited_ms = wait.as_millis() as u64, "conversation deleted");
+        match tombstone.now {
+            true => Ok(()),
+            false => Err(ConversationError::NotFound),
+        }
+    }
+}
+
+impl Conversations<'_> {
+    /// How long a deletion must wait before it strips the conversation's chats: until
+    /// the chat that settled in it last has finished writing its record, if that may
+    /// not have happened yet. Its record already there is the usual case, and no wait.
+    async fn settling(
+        &self,
+        account: &Account,
+        id: &ConversationId,
+        tombstone: &Tombstoned,
+    ) -> Result<Duration, store::Error> {
+        let left = tombstone.settling_until.saturating_sub(now_millis());
+        let Some(charge) = tombstone.last_charge.as_ref().filter(|_| left > 0) else {
+            return Ok(Duration::ZERO);
+        };
+        let last = OpenCharge {
+            id: charge.clone(),
+            account: account.clone(),
+            conversation_id: id.as_str().to_owned(),
+            cost: 0,
+            opened_at: 0,
+        };
+        if self.store.chat(&last).await?.is_some() {
+            return Ok(Duration::ZERO);
+        }
+        let window = write_window(&self.store.retry_policy());
+        Ok(Duration::from_millis(left).min(window))
     }
 }
 

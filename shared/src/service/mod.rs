@@ -5,3 +5,4 @@ pub mod accounts;
 pub mod charges;
 pub mod chat;
 pub mod conversations;
+pub mod outcome;

@@ -1,10 +1,16 @@
 //! Conversation items and the reads and writes over a conversation's chat items.
 //!
-//! A conversation is `USER#<user>` / `CONV#<id>` (title, model, created_at, updated_at,
-//! messages); its chats are the chat items `USER#<user>` / `CHAT#<id>#<charge uuid v7>`,
-//! so one `Query` on `begins_with(sk, "CHAT#<id>#")` reads them in time order, either
-//! way. Only conversation items carry `updated_at`, so the `Conversations` index (hash
-//! `pk`, range `updated_at`) holds exactly the conversations, by last activity.
+//! A conversation is `ACCT#<account>` / `CONV#<id>` (title, model, created_at,
+//! updated_at, messages); its chats are the chat items `ACCT#<account>` /
+//! `CHAT#<id>#<charge uuid v7>`, so one `Query` on `begins_with(sk, "CHAT#<id>#")` reads
+//! them in time order, either way. Only live conversation items carry `updated_at`, so
+//! the `Conversations` index (hash `pk`, range `updated_at`) holds exactly the
+//! conversations, by last activity.
+//!
+//! A deleted conversation stays behind as a tombstone (`deleted_at`, no title, no
+//! `updated_at`, so out of the index; gone by TTL after a day) for as long as a chat
+//! that was running in it may still settle: the settle's update of the conversation is
+//! conditional on there being no tombstone, so a deleted conversation never comes back.
 //!
 //! The user item keeps `last_conversation` {id, at}, set by the close that settles a
 //! charge (`Store::close_charge`), so a chat sent without a conversation can continue
@@ -12,12 +18,17 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::{
+    operation::update_item::UpdateItemError,
+    types::{
+        AttributeValue, PutRequest, ReturnValue, ReturnValuesOnConditionCheckFailure, WriteRequest,
+    },
+};
 
 use super::{
-    Error, Item, PK, PROFILE, SK, Store,
+    Account, Error, Item, PK, PROFILE, SK, Store, TTL_ATTRIBUTE,
     credits::{chat_record, chat_sk},
-    get_n, get_opt_s, get_s, n, now_millis, s, user_pk,
+    get_n, get_opt_s, get_s, n, now_millis, s,
 };
 use crate::{
     domain::ConversationId,
@@ -27,6 +38,8 @@ use crate::{
 /// The name of the index of conversations by last activity.
 pub const CONVERSATIONS_INDEX: &str = "Conversations";
 const CONV_PREFIX: &str = "CONV#";
+/// Set on a deleted conversation's item.
+const DELETED_AT: &str = "deleted_at";
 
 fn conversation_sk(id: &ConversationId) -> AttributeValue {
     s(format!("{CONV_PREFIX}{id}"))
@@ -57,6 +70,29 @@ pub struct ConversationsAfter {
     pub id: ConversationId,
 }
 
+/// What the settle's update of a conversation found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touched {
+    /// The answer is counted in its conversation (now, or by an earlier attempt).
+    Counted,
+    /// The conversation was deleted while the chat ran: it stays deleted.
+    Deleted,
+}
+
+/// A conversation just marked deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstoned {
+    /// Whether this deletion marked it (not an earlier one).
+    pub now: bool,
+    /// Until when the chat that settled in it last may still write its records
+    /// (millis), and which charge that was.
+    pub settling_until: u64,
+    pub last_charge: Option<String>,
+}
+
+/// How long a deleted conversation's tombstone is kept: far longer than any request runs.
+const TOMBSTONE_KEPT_SECS: u64 = 24 * 3600;
+
 /// One page of a listing and where the next one starts (`None`: this was the last).
 #[derive(Debug)]
 pub struct Page<T, C> {
@@ -67,62 +103,85 @@ pub struct Page<T, C> {
 pub use crate::domain::PastTurn;
 
 impl Store {
-    /// The conversation `id` of this user, if it exists.
+    /// The conversation `id` of this account, if it exists (and is not deleted).
     pub async fn conversation(
         &self,
-        user_key: &str,
+        account: &Account,
         id: &ConversationId,
     ) -> Result<Option<ConversationRecord>, Error> {
         let get = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key(PK, user_pk(user_key))
+            .key(PK, account.items_pk())
             .key(SK, conversation_sk(id))
             .consistent_read(true);
         let out = self
             .send("GetItem", || get.clone().send())
             .await
             .map_err(|f| f.into_error("GetItem"))?;
-        out.item.as_ref().map(conversation_record).transpose()
+        out.item
+            .filter(|item| !item.contains_key(DELETED_AT))
+            .as_ref()
+            .map(conversation_record)
+            .transpose()
     }
 
     /// Records an answered chat in its conversation: creates the conversation item on
-    /// the first answer (titled `title`), counts the message and moves `updated_at`.
-    /// A retry whose first attempt landed finds its charge as `last_charge` and counts
-    /// nothing twice.
+    /// the first answer (titled `title`), counts the message, moves `updated_at` and
+    /// `settling_until` (see `Charges::write_window`). A retry whose first attempt
+    /// landed finds its charge as `last_charge` and counts nothing twice. A deleted
+    /// conversation is left deleted: [`Touched::Deleted`].
     pub async fn touch_conversation(
         &self,
         charge: &OpenCharge,
         title: &str,
         model: &str,
-    ) -> Result<(), Error> {
+        settling_until: u64,
+    ) -> Result<Touched, Error> {
         let id = ConversationId::from_stored(charge.conversation_id.clone());
         let update = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PK, user_pk(&charge.user_key))
+            .key(PK, charge.account.items_pk())
             .key(SK, conversation_sk(&id))
             .update_expression(
                 "SET conversation_id = :id, #title = if_not_exists(#title, :title), \
                  created_at = if_not_exists(created_at, :created), #model = :model, \
-                 updated_at = :now, last_charge = :charge ADD #messages :one",
+                 updated_at = :now, last_charge = :charge, settling_until = :until \
+                 ADD #messages :one",
             )
             .expression_attribute_names("#title", "title")
             .expression_attribute_names("#model", "model")
             .expression_attribute_names("#messages", "messages")
-            .condition_expression("attribute_not_exists(last_charge) OR last_charge <> :charge")
+            .expression_attribute_names("#deleted", DELETED_AT)
+            .condition_expression(
+                "attribute_not_exists(#deleted) \
+                 AND (attribute_not_exists(last_charge) OR last_charge <> :charge)",
+            )
             .expression_attribute_values(":id", s(id.as_str()))
             .expression_attribute_values(":title", s(title))
             .expression_attribute_values(":created", n(charge.opened_at))
             .expression_attribute_values(":model", s(model))
             .expression_attribute_values(":now", n(now_millis()))
             .expression_attribute_values(":charge", s(&charge.id))
-            .expression_attribute_values(":one", n(1));
-        self.send_conditional("UpdateItem", || update.clone().send())
-            .await?;
-        Ok(())
+            .expression_attribute_values(":until", n(settling_until))
+            .expression_attribute_values(":one", n(1))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        match self.send("UpdateItem", || update.clone().send()).await {
+            Ok(_) => Ok(Touched::Counted),
+            Err(failure) => match failure.service_error("UpdateItem")? {
+                UpdateItemError::ConditionalCheckFailedException(e) => Ok(
+                    match e.item.is_some_and(|old| old.contains_key(DELETED_AT)) {
+                        true => Touched::Deleted,
+                        // Counted already, by this charge's earlier attempt.
+                        false => Touched::Counted,
+                    },
+                ),
+                e => Err(Error::dynamo("UpdateItem")(e)),
+            },
+        }
     }
 
     /// The latest answered turns of a conversation, newest first: at most `turns` of
@@ -130,7 +189,7 @@ impl Store {
     /// whatever the conversation's length: it reads from the newest end and stops.
     pub async fn recent_turns(
         &self,
-        user_key: &str,
+        account: &Account,
         id: &ConversationId,
         turns: usize,
         chars: usize,
@@ -152,7 +211,7 @@ impl Store {
                 .expression_attribute_names("#state", "state")
                 .expression_attribute_names("#message", "message")
                 .expression_attribute_names("#response", "response")
-                .expression_attribute_values(":pk", user_pk(user_key))
+                .expression_attribute_values(":pk", account.items_pk())
                 .expression_attribute_values(":chats", chats_prefix(id))
                 .expression_attribute_values(":completed", s(ChargeState::Completed.as_str()))
                 .scan_index_forward(false)
@@ -186,13 +245,13 @@ impl Store {
     /// The user's conversations, most recently active first.
     pub async fn conversations(
         &self,
-        user_key: &str,
+        account: &Account,
         limit: usize,
         after: Option<&ConversationsAfter>,
     ) -> Result<Page<ConversationRecord, ConversationsAfter>, Error> {
         let start = after.map(|a| {
             HashMap::from([
-                (PK.to_owned(), user_pk(user_key)),
+                (PK.to_owned(), account.items_pk()),
                 (SK.to_owned(), conversation_sk(&a.id)),
                 ("updated_at".to_owned(), n(a.updated_at)),
             ])
@@ -203,7 +262,7 @@ impl Store {
             .table_name(&self.table)
             .index_name(CONVERSATIONS_INDEX)
             .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", user_pk(user_key))
+            .expression_attribute_values(":pk", account.items_pk())
             .scan_index_forward(false)
             .limit(i32::try_from(limit).unwrap_or(i32::MAX))
             .set_exclusive_start_key(start);
@@ -236,7 +295,7 @@ impl Store {
     /// charge `after` in that order.
     pub async fn messages(
         &self,
-        user_key: &str,
+        account: &Account,
         id: &ConversationId,
         limit: usize,
         after: Option<&str>,
@@ -244,7 +303,7 @@ impl Store {
     ) -> Result<Page<ChatRecord, String>, Error> {
         let mut start = after.map(|charge| {
             HashMap::from([
-                (PK.to_owned(), user_pk(user_key)),
+                (PK.to_owned(), account.items_pk()),
                 (SK.to_owned(), chat_sk(id.as_str(), charge)),
             ])
         });
@@ -259,7 +318,7 @@ impl Store {
                 .key_condition_expression("pk = :pk AND begins_with(sk, :chats)")
                 .filter_expression("#state = :completed")
                 .expression_attribute_names("#state", "state")
-                .expression_attribute_values(":pk", user_pk(user_key))
+                .expression_attribute_values(":pk", account.items_pk())
                 .expression_attribute_values(":chats", chats_prefix(id))
                 .expression_attribute_values(":completed", s(ChargeState::Completed.as_str()))
                 .limit(i32::try_from(limit - items.len()).unwrap_or(i32::MAX))
@@ -293,7 +352,7 @@ impl Store {
     /// Renames a conversation. `Ok(None)`: it does not exist.
     pub async fn rename_conversation(
         &self,
-        user_key: &str,
+        account: &Account,
         id: &ConversationId,
         title: &str,
     ) -> Result<Option<ConversationRecord>, Error> {
@@ -301,13 +360,14 @@ impl Store {
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PK, user_pk(user_key))
+            .key(PK, account.items_pk())
             .key(SK, conversation_sk(id))
             .update_expression("SET #title = :title")
             .expression_attribute_names("#title", "title")
-            .condition_expression("attribute_exists(pk)")
+            .condition_expression("attribute_exists(pk) AND attribute_not_exists(#deleted)")
+            .expression_attribute_names("#deleted", DELETED_AT)
             .expression_attribute_values(":title", s(title))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
+            .return_values(ReturnValue::AllNew);
         // A failed condition: there is no such conversation.
         self.send_conditional("UpdateItem", || update.clone().send())
             .await?
@@ -317,13 +377,62 @@ impl Store {
             .transpose()
     }
 
-    /// Removes the text of every chat of a conversation, keeping each charge's record
-    /// (cost, state, times, model, usage), then the conversation item, then the user's
-    /// pointer to it. Every step may be repeated: a delete that stopped half-way is
-    /// finished by the next one. Returns how many chats lost their text.
-    pub async fn delete_conversation(
+    /// Marks the conversation `id` deleted: a tombstone without its title, out of the
+    /// listing, that no later settle brings back. `by` names this deletion, so that a
+    /// retry whose first attempt landed knows it was its own. `Ok(None)`: there is no
+    /// such conversation. Deleting a tombstone again returns it (`now: false`), so that
+    /// a deletion that stopped half-way can be finished.
+    pub async fn tombstone_conversation(
         &self,
-        user_key: &str,
+        account: &Account,
+        id: &ConversationId,
+        by: &str,
+    ) -> Result<Option<Tombstoned>, Error> {
+        let now = now_millis();
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, account.items_pk())
+            .key(SK, conversation_sk(id))
+            .update_expression(
+                "SET #deleted = if_not_exists(#deleted, :now), \
+                 deleted_by = if_not_exists(deleted_by, :by), #ttl = :ttl \
+                 REMOVE #title, updated_at, #model, #messages, created_at",
+            )
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#deleted", DELETED_AT)
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_names("#title", "title")
+            .expression_attribute_names("#model", "model")
+            .expression_attribute_names("#messages", "messages")
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":by", s(by))
+            .expression_attribute_values(":ttl", n(now / 1000 + TOMBSTONE_KEPT_SECS))
+            .return_values(ReturnValue::AllOld);
+        let Some(out) = self
+            .send_conditional("UpdateItem", || update.clone().send())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let old = out.attributes.unwrap_or_default();
+        Ok(Some(Tombstoned {
+            now: match get_opt_s(&old, "deleted_by") {
+                None => true,
+                Some(earlier) => earlier == by,
+            },
+            settling_until: get_n(&old, "settling_until").unwrap_or(0),
+            last_charge: get_opt_s(&old, "last_charge"),
+        }))
+    }
+
+    /// Removes the text of every chat of a conversation, keeping each charge's record
+    /// (cost, state, times, model, usage). May be repeated. Returns how many chats lost
+    /// their text.
+    pub async fn strip_conversation(
+        &self,
+        account: &Account,
         id: &ConversationId,
     ) -> Result<usize, Error> {
         let mut stripped = 0;
@@ -337,7 +446,7 @@ impl Store {
                 .filter_expression("attribute_exists(#message) OR attribute_exists(#response)")
                 .expression_attribute_names("#message", "message")
                 .expression_attribute_names("#response", "response")
-                .expression_attribute_values(":pk", user_pk(user_key))
+                .expression_attribute_values(":pk", account.items_pk())
                 .expression_attribute_values(":chats", chats_prefix(id))
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take());
@@ -369,25 +478,23 @@ impl Store {
             self.batch_write(puts).await?;
             match out.last_evaluated_key {
                 Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
+                _ => return Ok(stripped),
             }
         }
-        let key = HashMap::from([
-            (PK.to_owned(), user_pk(user_key)),
-            (SK.to_owned(), conversation_sk(id)),
-        ]);
-        let delete = DeleteRequest::builder()
-            .set_key(Some(key))
-            .build()
-            .map_err(Error::dynamo("build DeleteRequest"))?;
-        self.batch_write(vec![WriteRequest::builder().delete_request(delete).build()])
-            .await?;
-        // A chat sent without a conversation must not continue the deleted one.
+    }
+
+    /// Makes the user's pointer to their latest conversation forget `id`, if it is on
+    /// it: a chat sent without a conversation must not continue a deleted one.
+    pub async fn forget_conversation(
+        &self,
+        account: &Account,
+        id: &ConversationId,
+    ) -> Result<(), Error> {
         let forget = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PK, user_pk(user_key))
+            .key(PK, account.user_pk())
             .key(SK, s(PROFILE))
             .update_expression("REMOVE last_conversation")
             .condition_expression("last_conversation.id = :id")
@@ -395,7 +502,7 @@ impl Store {
         // A failed condition: the pointer is on another conversation already.
         self.send_conditional("UpdateItem", || forget.clone().send())
             .await?;
-        Ok(stripped)
+        Ok(())
     }
 
     /// `BatchWriteItem` in chunks of 25, asking again for what DynamoDB left unprocessed.

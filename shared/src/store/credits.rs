@@ -22,7 +22,7 @@ use aws_sdk_dynamodb::{
 };
 
 use super::{
-    Error, Item, PK, PROFILE, SK, Store, get_n, get_opt_s, get_s, n, now_millis, s, user_pk,
+    Account, Error, Item, PK, PROFILE, SK, Store, get_n, get_opt_s, get_s, n, now_millis, s,
 };
 use crate::domain::Usage;
 
@@ -33,7 +33,8 @@ const CHAT_PREFIX: &str = "CHAT#";
 pub struct OpenCharge {
     /// A UUID v7: time-ordered.
     pub id: String,
-    pub user_key: String,
+    /// Whose: the user item holds the charge, the account's partition its chat item.
+    pub account: Account,
     /// The conversation the chat belongs to: its chat item lives under it.
     pub conversation_id: String,
     pub cost: u64,
@@ -51,7 +52,7 @@ impl OpenCharge {
 
     fn chat_key(&self) -> HashMap<String, AttributeValue> {
         HashMap::from([
-            (PK.to_owned(), user_pk(&self.user_key)),
+            (PK.to_owned(), self.account.items_pk()),
             (SK.to_owned(), chat_sk(&self.conversation_id, &self.id)),
         ])
     }
@@ -100,7 +101,7 @@ pub struct DebitGuard {
 }
 
 /// The user's open charges, from the `pending` map of a user item.
-pub(crate) fn open_charges(user_key: &str, item: &Item) -> Result<Vec<OpenCharge>, Error> {
+pub(crate) fn open_charges(account: &Account, item: &Item) -> Result<Vec<OpenCharge>, Error> {
     let Some(AttributeValue::M(pending)) = item.get("pending") else {
         return Ok(Vec::new());
     };
@@ -112,7 +113,7 @@ pub(crate) fn open_charges(user_key: &str, item: &Item) -> Result<Vec<OpenCharge
             };
             Ok(OpenCharge {
                 id: id.clone(),
-                user_key: user_key.to_owned(),
+                account: account.clone(),
                 conversation_id: get_s(entry, "conversation")?,
                 cost: get_n(entry, "cost")?,
                 opened_at: get_n(entry, "opened_at")?,
@@ -162,6 +163,9 @@ pub struct ChatRecord {
     pub reason: Option<String>,
     /// The balance the answer reported (answered chats).
     pub balance: Option<u64>,
+    /// Why the model's answer ended (`STOP`, `MAX_TOKENS`, `SAFETY`…, or `CANCELLED`
+    /// when the client stopped it), where known.
+    pub finish_reason: Option<String>,
     pub created_at: u64,
     pub settled_at: u64,
 }
@@ -176,6 +180,9 @@ pub enum ChatOutcome<'a> {
         usage: Usage,
         /// The balance reported with the answer.
         balance: u64,
+        /// Why the answer ended; anything but a natural end means it was cut short and
+        /// `response` holds the words the client received.
+        finish_reason: Option<&'a str>,
     },
     Refunded {
         /// `None` for an abandoned charge, whose message died with its process.
@@ -210,7 +217,7 @@ impl Store {
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PK, user_pk(&charge.user_key))
+            .key(PK, charge.account.user_pk())
             .key(SK, s(PROFILE));
         if !guard.stale_windows.is_empty() {
             let mut paths = Vec::new();
@@ -246,7 +253,7 @@ impl Store {
             .expression_attribute_values(":one", n(1))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        let user = &charge.user_key;
+        let user = &charge.account;
         let debited = |item: &Item| -> Result<Debit, Error> {
             let mut open = open_charges(user, item)?;
             open.retain(|c| c.id != charge.id);
@@ -275,39 +282,11 @@ impl Store {
         charge: &OpenCharge,
         outcome: ChatOutcome<'_>,
     ) -> Result<bool, Error> {
-        let mut item = charge.chat_key();
-        item.extend([
-            ("conversation_id".to_owned(), s(&charge.conversation_id)),
-            ("cost".to_owned(), n(charge.cost)),
-            ("created_at".to_owned(), n(charge.opened_at)),
-            ("settled_at".to_owned(), n(now_millis())),
-        ]);
-        match outcome {
-            ChatOutcome::Answered {
-                message,
-                response,
-                model,
-                usage,
-                balance,
-            } => item.extend([
-                ("state".to_owned(), s(ChargeState::Completed.as_str())),
-                ("message".to_owned(), s(message)),
-                ("response".to_owned(), s(response)),
-                ("model".to_owned(), s(model)),
-                ("usage".to_owned(), usage_value(&usage)),
-                ("balance".to_owned(), n(balance)),
-            ]),
-            ChatOutcome::Refunded { message, reason } => item.extend([
-                ("state".to_owned(), s(ChargeState::Refunded.as_str())),
-                ("message".to_owned(), s(message.unwrap_or(""))),
-                ("reason".to_owned(), s(reason)),
-            ]),
-        }
         let put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .set_item(Some(chat_item(charge, outcome)))
             .condition_expression("attribute_not_exists(pk)");
         Ok(self
             .send_conditional("PutItem", || put.clone().send())
@@ -315,26 +294,125 @@ impl Store {
             .is_some())
     }
 
+    /// Keeps `charge`'s chat item without its text (its conversation was deleted while
+    /// it ran): writes it so if it is not there yet, so that the record with the text
+    /// can no longer land, and otherwise removes the text from it.
+    pub async fn record_chat_without_text(
+        &self,
+        charge: &OpenCharge,
+        outcome: ChatOutcome<'_>,
+    ) -> Result<(), Error> {
+        let mut item = chat_item(charge, outcome);
+        for attr in ["message", "response"] {
+            item.remove(attr);
+        }
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)");
+        if self
+            .send_conditional("PutItem", || put.clone().send())
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let strip = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(charge.chat_key()))
+            .update_expression("REMOVE message, #response")
+            .expression_attribute_names("#response", "response")
+            .condition_expression("attribute_exists(pk)");
+        self.send_conditional("UpdateItem", || strip.clone().send())
+            .await?;
+        Ok(())
+    }
+
+    /// Records `charge` as refunded for `reason`, over an answer's record if one landed
+    /// (its charge was refunded, so that answer was never given). Any answer record
+    /// arriving later finds this one and changes nothing.
+    pub async fn withdraw_answer(
+        &self,
+        charge: &OpenCharge,
+        message: &str,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let item = chat_item(
+            charge,
+            ChatOutcome::Refunded {
+                message: Some(message),
+                reason,
+            },
+        );
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk) OR #state = :completed")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":completed", s(ChargeState::Completed.as_str()));
+        // A failed condition: it says refunded already (this request's earlier attempt).
+        self.send_conditional("PutItem", || put.clone().send())
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `charge` is still pending, in one consistent read of the user item.
+    pub async fn is_open(&self, charge: &OpenCharge) -> Result<bool, Error> {
+        let get = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, charge.account.user_pk())
+            .key(SK, s(PROFILE))
+            .projection_expression("pending.#charge")
+            .expression_attribute_names("#charge", &charge.id)
+            .consistent_read(true);
+        let out = self
+            .send("GetItem", || get.clone().send())
+            .await
+            .map_err(|f| f.into_error("GetItem"))?;
+        Ok(out.item.is_some_and(|item| has_pending(&item, &charge.id)))
+    }
+
     /// Closes `charge`: removes it from `pending` and keeps or gives back its cost, if
     /// it is still pending. `Ok(false)`: it was no longer pending, and nothing changed.
-    pub async fn close_charge(&self, charge: &OpenCharge, close: Close) -> Result<bool, Error> {
+    ///
+    /// `settling_until` (millis) is when the closing request's last write for this charge
+    /// is over (see `Charges::write_window`): kept on the user item, it tells an account
+    /// deletion how long records may still arrive.
+    pub async fn close_charge(
+        &self,
+        charge: &OpenCharge,
+        close: Close,
+        settling_until: u64,
+    ) -> Result<bool, Error> {
         let update = self
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PK, user_pk(&charge.user_key))
+            .key(PK, charge.account.user_pk())
             .key(SK, s(PROFILE))
             .update_expression(match close {
                 // The answered conversation becomes the one a chat without a
                 // conversation id continues.
                 Close::Keep => {
-                    "ADD spent :cost REMOVE pending.#charge SET last_conversation = :last"
+                    "ADD spent :cost REMOVE pending.#charge \
+                     SET last_conversation = :last, settling_until = :until"
                 }
-                Close::GiveBack => "ADD tokens :cost REMOVE pending.#charge",
+                Close::GiveBack => {
+                    "ADD tokens :cost REMOVE pending.#charge SET settling_until = :until"
+                }
             })
             .condition_expression("attribute_exists(pending.#charge)")
             .expression_attribute_names("#charge", &charge.id)
-            .expression_attribute_values(":cost", n(charge.cost));
+            .expression_attribute_values(":cost", n(charge.cost))
+            .expression_attribute_values(":until", n(settling_until));
         let update = match close {
             Close::Keep => update.expression_attribute_values(
                 ":last",
@@ -410,9 +488,18 @@ impl Store {
         out.item.as_ref().map(chat_record).transpose()
     }
 
-    /// The user's chats, oldest conversation first.
+    /// The chats of the account that holds the name `user_key` now (none if no account
+    /// does): its user item says where they are.
     pub async fn chats(&self, user_key: &str) -> Result<Vec<ChatRecord>, Error> {
-        self.chats_under(user_pk(user_key)).await
+        match self.user(user_key).await? {
+            Some(user) => self.chats_of(&user.account).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The chats of `account`, oldest conversation first.
+    pub async fn chats_of(&self, account: &Account) -> Result<Vec<ChatRecord>, Error> {
+        self.chats_under(account.items_pk()).await
     }
 
     /// The anonymised chats of the deleted account `id`.
@@ -421,35 +508,22 @@ impl Store {
     }
 
     async fn chats_under(&self, pk: AttributeValue) -> Result<Vec<ChatRecord>, Error> {
-        let mut records = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let query = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :chat)")
-                .expression_attribute_values(":pk", pk.clone())
-                .expression_attribute_values(":chat", s(CHAT_PREFIX))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take());
-            let out = self
-                .send("Query", || query.clone().send())
-                .await
-                .map_err(|f| f.into_error("Query"))?;
-            for item in out.items.unwrap_or_default() {
-                records.push(chat_record(&item)?);
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(records),
-            }
-        }
+        let query = self
+            .client
+            .query()
+            .key_condition_expression("pk = :pk AND begins_with(sk, :chat)")
+            .expression_attribute_values(":pk", pk)
+            .expression_attribute_values(":chat", s(CHAT_PREFIX));
+        self.query_all(query)
+            .await?
+            .iter()
+            .map(chat_record)
+            .collect()
     }
 }
 
 /// Which part of a debit's condition failed, from the item as it was.
-fn refusal(user: &str, item: &Item, guard: &DebitGuard, cost: u64) -> Result<Debit, Error> {
+fn refusal(user: &Account, item: &Item, guard: &DebitGuard, cost: u64) -> Result<Debit, Error> {
     if item.contains_key("deleting") {
         return Ok(Debit::NoAccount);
     }
@@ -492,6 +566,45 @@ fn refusal(user: &str, item: &Item, guard: &DebitGuard, cost: u64) -> Result<Deb
     ))
 }
 
+/// The chat item of `charge` saying `outcome`.
+fn chat_item(charge: &OpenCharge, outcome: ChatOutcome<'_>) -> Item {
+    let mut item = charge.chat_key();
+    item.extend([
+        ("conversation_id".to_owned(), s(&charge.conversation_id)),
+        ("cost".to_owned(), n(charge.cost)),
+        ("created_at".to_owned(), n(charge.opened_at)),
+        ("settled_at".to_owned(), n(now_millis())),
+    ]);
+    match outcome {
+        ChatOutcome::Answered {
+            message,
+            response,
+            model,
+            usage,
+            balance,
+            finish_reason,
+        } => {
+            item.extend([
+                ("state".to_owned(), s(ChargeState::Completed.as_str())),
+                ("message".to_owned(), s(message)),
+                ("response".to_owned(), s(response)),
+                ("model".to_owned(), s(model)),
+                ("usage".to_owned(), usage_value(&usage)),
+                ("balance".to_owned(), n(balance)),
+            ]);
+            if let Some(reason) = finish_reason {
+                item.insert("finish_reason".to_owned(), s(reason));
+            }
+        }
+        ChatOutcome::Refunded { message, reason } => item.extend([
+            ("state".to_owned(), s(ChargeState::Refunded.as_str())),
+            ("message".to_owned(), s(message.unwrap_or(""))),
+            ("reason".to_owned(), s(reason)),
+        ]),
+    }
+    item
+}
+
 fn has_pending(item: &Item, charge_id: &str) -> bool {
     matches!(item.get("pending"), Some(AttributeValue::M(p)) if p.contains_key(charge_id))
 }
@@ -530,6 +643,7 @@ pub(crate) fn chat_record(item: &Item) -> Result<ChatRecord, Error> {
             .contains_key("balance")
             .then(|| get_n(item, "balance"))
             .transpose()?,
+        finish_reason: get_opt_s(item, "finish_reason"),
         created_at: get_n(item, "created_at")?,
         settled_at: get_n(item, "settled_at")?,
     })

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::{
     types::{AttributeValue, ReturnValuesOnConditionCheckFailure},
 };
 
-use super::{Error, PK, SK, Store, TTL_ATTRIBUTE, get_n, get_s, n, now_millis, s, user_pk};
+use super::{Account, Error, Item, PK, SK, Store, TTL_ATTRIBUTE, get_n, get_s, n, now_millis, s};
 
 /// How long a key is remembered.
 pub const RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -39,15 +39,17 @@ pub enum Claim {
     Stale { owner: KeyOwner, started_at: u64 },
 }
 
+const IDEM_PREFIX: &str = "IDEM#";
+
 fn idem_sk(key: &str) -> AttributeValue {
-    s(format!("IDEM#{key}"))
+    s(format!("{IDEM_PREFIX}{key}"))
 }
 
 impl Store {
     /// Claims `key` for this user, request `fingerprint` and charge `owner`.
     pub async fn claim_idempotency_key(
         &self,
-        user_key: &str,
+        account: &Account,
         key: &str,
         fingerprint: &str,
         owner: &KeyOwner,
@@ -58,7 +60,7 @@ impl Store {
             .client
             .put_item()
             .table_name(&self.table)
-            .item(PK, user_pk(user_key))
+            .item(PK, account.items_pk())
             .item(SK, idem_sk(key))
             .item("state", s("running"))
             .item("fingerprint", s(fingerprint))
@@ -103,7 +105,7 @@ impl Store {
     /// Moves a stale claim to `owner`. `Ok(false)`: another retry took it first.
     pub async fn take_over_idempotency_key(
         &self,
-        user_key: &str,
+        account: &Account,
         key: &str,
         stale: &KeyOwner,
         owner: &KeyOwner,
@@ -112,7 +114,7 @@ impl Store {
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PK, user_pk(user_key))
+            .key(PK, account.items_pk())
             .key(SK, idem_sk(key))
             .update_expression("SET started_at = :now, #owner = :me, conversation = :conv")
             .condition_expression("#state = :running AND (#owner = :then OR #owner = :me)")
@@ -130,10 +132,11 @@ impl Store {
     }
 
     /// Stores the outcome of the request that owns the key. `Ok(false)`: the key is no
-    /// longer this owner's (it was taken over), and nothing changed.
+    /// longer this owner's (it was taken over, or closed by its conversation's
+    /// deletion), and nothing changed.
     pub async fn finish_idempotency_key(
         &self,
-        user_key: &str,
+        account: &Account,
         key: &str,
         owner: &KeyOwner,
         outcome: &str,
@@ -142,15 +145,18 @@ impl Store {
             .client
             .update_item()
             .table_name(&self.table)
-            .key(PK, user_pk(user_key))
+            .key(PK, account.items_pk())
             .key(SK, idem_sk(key))
             .update_expression("SET #state = :done, outcome = :outcome")
-            .condition_expression("#owner = :me")
+            // Still running: a key its conversation's deletion has closed keeps what
+            // that deletion wrote.
+            .condition_expression("#owner = :me AND #state = :running")
             .expression_attribute_names("#state", "state")
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_values(":done", s("done"))
             .expression_attribute_values(":outcome", s(outcome))
-            .expression_attribute_values(":me", s(&owner.charge_id));
+            .expression_attribute_values(":me", s(&owner.charge_id))
+            .expression_attribute_values(":running", s("running"));
         Ok(self
             .send_conditional("UpdateItem", || update.clone().send())
             .await?
@@ -162,7 +168,7 @@ impl Store {
     /// anew.
     pub async fn release_idempotency_key(
         &self,
-        user_key: &str,
+        account: &Account,
         key: &str,
         owner: &KeyOwner,
     ) -> Result<(), Error> {
@@ -170,7 +176,7 @@ impl Store {
             .client
             .delete_item()
             .table_name(&self.table)
-            .key(PK, user_pk(user_key))
+            .key(PK, account.items_pk())
             .key(SK, idem_sk(key))
             .condition_expression("#owner = :me")
             .expression_attribute_names("#owner", "owner")
@@ -178,5 +184,42 @@ impl Store {
         self.send_conditional("DeleteItem", || delete.clone().send())
             .await?;
         Ok(())
+    }
+
+    /// Closes every key whose request went into conversation `conversation`, running or
+    /// done, with `outcome` (what its conversation's deletion leaves to replay instead of
+    /// its text). A request still running then cannot store its own. Returns how many.
+    pub async fn close_idempotency_keys(
+        &self,
+        account: &Account,
+        conversation: &str,
+        outcome: &str,
+    ) -> Result<usize, Error> {
+        let query = self
+            .client
+            .query()
+            .key_condition_expression("pk = :pk AND begins_with(sk, :idem)")
+            .filter_expression("conversation = :conversation")
+            .projection_expression("pk, sk")
+            .expression_attribute_values(":pk", account.items_pk())
+            .expression_attribute_values(":idem", s(IDEM_PREFIX))
+            .expression_attribute_values(":conversation", s(conversation));
+        let keys = self.query_all(query).await?;
+        let close = |key: Item| async move {
+            let update = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key))
+                .update_expression("SET #state = :done, outcome = :outcome")
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_values(":done", s("done"))
+                .expression_attribute_values(":outcome", s(outcome));
+            self.send_conditional("UpdateItem", || update.clone().send())
+                .await
+        };
+        let closed = futures_util::future::try_join_all(keys.into_iter().map(close)).await?;
+        Ok(closed.len())
     }
 }

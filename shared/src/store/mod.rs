@@ -3,13 +3,17 @@
 //!
 //! | item    | pk                  | sk             | attributes |
 //! |---------|---------------------|----------------|------------|
-//! | user    | `USER#<name key>`   | `PROFILE`      | username, password_hash, tokens, granted, spent, pending (map of open charges), sessions (map: id → digest, created_at, last_used, expires_at), chat_rate (map: minute → chats started), created_at |
+//! | user    | `USER#<name key>`   | `PROFILE`      | username, account (id), password_hash, tokens, granted, spent, pending (map of open charges), settling_until, sessions (map: id → digest, created_at, last_used, expires_at, pw_checks, pw_held_until), cred_epoch, networks (map: network → last login), chat_rate (map: minute → chats started), created_at, deleting |
 //! | throttle | `THROTTLE#<kind>#<subject>[#<window>]` | `THROTTLE` | n, last_at, next_at (run counters), expires_at (TTL) |
-//! | chat    | `USER#<name key>`   | `CHAT#<conversation>#<charge uuidv7>`| conversation_id, message, response, model, cost, state, usage, balance, reason, created_at, settled_at |
-//! | idempotency | `USER#<name key>` | `IDEM#<client key>` | state, fingerprint, owner (charge id), conversation, started_at, outcome, expires_at (TTL) |
-//! | conversation | `USER#<name key>` | `CONV#<conversation uuid>` | conversation_id, title, model, created_at, updated_at (index `Conversations`), messages, last_charge |
+//! | chat    | `ACCT#<account id>` | `CHAT#<conversation>#<charge uuidv7>`| conversation_id, message, response, model, cost, state, usage, finish_reason, balance, reason, created_at, settled_at |
+//! | idempotency | `ACCT#<account id>` | `IDEM#<client key>` | state, fingerprint, owner (charge id), conversation, started_at, outcome, expires_at (TTL) |
+//! | conversation | `ACCT#<account id>` | `CONV#<conversation uuid>` | conversation_id, title, model, created_at, updated_at (index `Conversations`), messages, last_charge, settling_until; deleted: deleted_at, deleted_by, expires_at (TTL) instead of title…updated_at |
 //!
 //! The user item also keeps `last_conversation` {id, at}: the latest answered conversation.
+//! Everything an account owns besides its user item lives under its own id
+//! ([`Account::items_pk`]), not under its name: a name freed by a deletion can be taken
+//! again, and nothing written late for the deleted account lands where its next owner
+//! reads. Accounts made before ids keep theirs under `USER#<name key>`.
 
 mod conversations;
 mod credits;
@@ -27,13 +31,14 @@ use aws_config::{SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
 use aws_sdk_dynamodb::{Client, types::AttributeValue};
 
 pub use conversations::{
-    CONVERSATIONS_INDEX, ConversationRecord, ConversationsAfter, Page, PastTurn,
+    CONVERSATIONS_INDEX, ConversationRecord, ConversationsAfter, Page, PastTurn, Tombstoned,
+    Touched,
 };
 pub use credits::{ChargeState, ChatOutcome, ChatRecord, Close, Debit, DebitGuard, OpenCharge};
 pub use idempotency::{Claim, KeyOwner};
 pub use retry::RetryPolicy;
 pub use throttle::Reservation;
-pub use users::{Ledger, SessionEntry, Tombstone, UserItem};
+pub use users::{Ledger, NewSession, PasswordChecks, SessionEntry, Tombstone, UserItem};
 
 use crate::telemetry::BoxError;
 
@@ -117,11 +122,98 @@ impl Store {
     pub fn table(&self) -> &str {
         &self.table
     }
+
+    /// Every item `query` finds, page after page (consistent reads).
+    pub(crate) async fn query_all(
+        &self,
+        query: aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder,
+    ) -> Result<Vec<Item>, Error> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = query
+                .clone()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            let out = self
+                .send("Query", || page.clone().send())
+                .await
+                .map_err(|f| f.into_error("Query"))?;
+            items.extend(out.items.unwrap_or_default());
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// How this store times and retries its calls.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
 }
 
 pub(crate) fn user_pk(user_key: &str) -> AttributeValue {
     AttributeValue::S(format!("USER#{user_key}"))
 }
+
+/// One account: the key of its user item (its lowercased name) and the id, made at
+/// registration, that everything else it owns is kept under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The lowercased name: the user item is `USER#<user_key>` / `PROFILE`.
+    pub user_key: String,
+    /// `None` for an account registered before accounts had ids.
+    id: Option<String>,
+}
+
+impl Account {
+    /// The account `id` of the name `user_key`; `id` as the user item keeps it (absent
+    /// for accounts made before ids).
+    pub fn new(user_key: impl Into<String>, id: Option<String>) -> Self {
+        Self {
+            user_key: user_key.into(),
+            id,
+        }
+    }
+
+    /// A new account's id: random, never reused.
+    pub(crate) fn new_id() -> String {
+        uuid::Uuid::now_v7().simple().to_string()
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// The partition of the user item.
+    pub(crate) fn user_pk(&self) -> AttributeValue {
+        user_pk(&self.user_key)
+    }
+
+    /// The condition, on its user item, that the name still belongs to this account (and
+    /// not to a later one, registered after this one was deleted), and its value, if it
+    /// needs one, as `:account`.
+    pub(crate) fn still_owns_name(&self) -> (&'static str, Option<AttributeValue>) {
+        match &self.id {
+            Some(id) => ("account = :account", Some(s(id))),
+            None => ("attribute_not_exists(account)", None),
+        }
+    }
+
+    /// The partition of everything else the account owns (chats, conversations,
+    /// idempotency records): `ACCT#<id>`. An account made before ids keeps them where
+    /// they always were, beside its user item; the one rule covers both.
+    pub(crate) fn items_pk(&self) -> AttributeValue {
+        match &self.id {
+            Some(id) => s(format!("{ACCOUNT_PREFIX}{id}")),
+            None => self.user_pk(),
+        }
+    }
+}
+
+const ACCOUNT_PREFIX: &str = "ACCT#";
 
 /// The sort key of a user item.
 pub(crate) const PROFILE: &str = "PROFILE";

@@ -1,5 +1,6 @@
 //! Throttle counters: one small item per (kind, subject[, window]), e.g.
-//! `THROTTLE#login-user#john`, `THROTTLE#login-ip#203.0.113.7#1795514400`. They expire
+//! `THROTTLE#login-net#john#203.0.113.0/24`, `THROTTLE#login-ip#203.0.113.7#1795514400`.
+//! They expire
 //! by TTL, and readers check `expires_at` too (TTL deletion is lazy). Living in the
 //! table, they hold across every Lambda instance.
 //!

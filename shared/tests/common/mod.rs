@@ -61,6 +61,28 @@ pub async fn app_with(tweak: impl FnOnce(&mut Config)) -> App {
     App::new(config, store)
 }
 
+/// `app` again, but reaching DynamoDB Local through `relay` (the same table), with the
+/// store's retry policy `retry`.
+pub async fn app_through(
+    relay: &testkit::faults::FaultProxy,
+    app: &App,
+    retry: shared::store::RetryPolicy,
+) -> App {
+    // A config of the loaded one's parts, but without the environment's
+    // service-specific endpoint (which would win over the relay).
+    let loaded = shared::aws::config().await;
+    let mut sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .endpoint_url(relay.url());
+    sdk.set_region(loaded.region().cloned());
+    sdk.set_credentials_provider(loaded.credentials_provider());
+    sdk.set_http_client(loaded.http_client());
+    sdk.set_sleep_impl(loaded.sleep_impl());
+    sdk.set_time_source(loaded.time_source());
+    let store = Store::connect(&sdk.build(), app.store.table(), retry);
+    App::new(app.config.clone(), store)
+}
+
 pub fn gemini_config(standin: &GeminiStandIn) -> GeminiConfig {
     GeminiConfig {
         timeout: Duration::from_secs(5),
@@ -78,6 +100,39 @@ pub fn chat_app_on(app: App, gemini: GeminiConfig) -> ChatApp {
     ChatApp::new(
         app,
         GeminiClient::new(gemini).expect("build the Gemini client"),
+    )
+}
+
+/// A store on `table` that reaches DynamoDB Local through `proxy` (to count or fault
+/// its calls). The environment's service-specific endpoint would win over the proxy, so
+/// the SDK config is made of the loaded one's parts without it.
+pub async fn store_through(proxy: &testkit::faults::FaultProxy, table: &str) -> Store {
+    store_through_with(proxy, table, Default::default()).await
+}
+
+/// [`store_through`] with its own retry policy.
+pub async fn store_through_with(
+    proxy: &testkit::faults::FaultProxy,
+    table: &str,
+    retry: shared::store::RetryPolicy,
+) -> Store {
+    let loaded = shared::aws::config().await;
+    let mut sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .endpoint_url(proxy.url());
+    sdk.set_region(loaded.region().cloned());
+    sdk.set_credentials_provider(loaded.credentials_provider());
+    sdk.set_http_client(loaded.http_client());
+    sdk.set_sleep_impl(loaded.sleep_impl());
+    sdk.set_time_source(loaded.time_source());
+    Store::connect(&sdk.build(), table, retry)
+}
+
+/// `chat_app` with its store going through `proxy`; same table, same configuration.
+pub fn chat_app_through(chat_app: &ChatApp, store: Store) -> ChatApp {
+    ChatApp::new(
+        App::new(chat_app.app.config.clone(), store),
+        chat_app.gemini.clone(),
     )
 }
 
@@ -110,6 +165,17 @@ pub fn event_with(
     path: &str,
     headers: Value,
     body: Option<(String, bool)>,
+) -> Request {
+    event_from(method, path, headers, body, "127.0.0.1")
+}
+
+/// Like [`event_with`], from the client address `ip`.
+pub fn event_from(
+    method: &str,
+    path: &str,
+    headers: Value,
+    body: Option<(String, bool)>,
+    ip: &str,
 ) -> Request {
     let multi: serde_json::Map<String, Value> = headers
         .as_object()
@@ -147,7 +213,7 @@ pub fn event_with(
             "requestId": uuid::Uuid::now_v7().to_string(),
             "requestTime": "24/Nov/2026:10:00:00 +0000",
             "requestTimeEpoch": 1795514400000u64,
-            "identity": {"sourceIp": "127.0.0.1", "userAgent": "tests"},
+            "identity": {"sourceIp": ip, "userAgent": "tests"},
             "path": format!("/Prod{path}"),
             "resourcePath": path,
             "httpMethod": method,
@@ -181,10 +247,23 @@ pub async fn register(app: &App, username: &str, password: &str) -> Response<Bod
 }
 
 pub async fn login(app: &App, username: &str, password: &str) -> Response<Body> {
+    login_from(app, username, password, "127.0.0.1").await
+}
+
+/// A login from the client address `ip`.
+pub async fn login_from(app: &App, username: &str, password: &str, ip: &str) -> Response<Body> {
     let body = json!({"username": username, "password": password}).to_string();
-    shared::api::login::handle(app, event("POST", "/api/login/", None, Some(&body)))
-        .await
-        .unwrap()
+    let headers = json!({"Content-Type": "application/json", "Host": "api.example.com"});
+    let req = event_from("POST", "/api/login/", headers, Some((body, false)), ip);
+    shared::api::sessions::route(app, req).await.unwrap()
+}
+
+/// A registration from the client address `ip`.
+pub async fn register_from(app: &App, username: &str, password: &str, ip: &str) -> Response<Body> {
+    let body = json!({"username": username, "password": password}).to_string();
+    let headers = json!({"Content-Type": "application/json", "Host": "api.example.com"});
+    let req = event_from("POST", "/api/register/", headers, Some((body, false)), ip);
+    shared::api::register::handle(app, req).await.unwrap()
 }
 
 /// Registers `username` and returns a fresh login token.
@@ -195,8 +274,18 @@ pub async fn user_token(app: &App, username: &str) -> String {
     json_of(&resp)["token"].as_str().unwrap().to_owned()
 }
 
+/// The account that holds the name `username` now.
+pub async fn account(app: &App, username: &str) -> shared::store::Account {
+    app.store
+        .user(username)
+        .await
+        .unwrap()
+        .expect("the user exists")
+        .account
+}
+
 pub async fn balance(app: &App, token: &str) -> u64 {
-    let resp = shared::api::tokens::handle(app, event("GET", "/api/tokens/", Some(token), None))
+    let resp = shared::api::tokens_function(app, event("GET", "/api/tokens/", Some(token), None))
         .await
         .unwrap();
     assert_eq!(resp.status(), 200, "{:?}", json_of(&resp));
@@ -218,6 +307,26 @@ pub async fn chat_request(chat_app: &ChatApp, req: Request) -> Response<Body> {
     let (parts, body) = resp.into_parts();
     let bytes = body.collect().await;
     Response::from_parts(parts, Body::Binary(bytes.to_vec()))
+}
+
+/// Every item of the table.
+pub async fn table_items(
+    app: &App,
+) -> Vec<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    let scan = app
+        .store
+        .client()
+        .scan()
+        .table_name(app.store.table())
+        .send()
+        .await
+        .unwrap();
+    scan.items.unwrap_or_default()
+}
+
+/// Every item of the table, as text: what a copy of the table would show.
+pub async fn table_text(app: &App) -> String {
+    format!("{:?}", table_items(app).await)
 }
 
 /// Asserts that the user's books balance, and returns them.

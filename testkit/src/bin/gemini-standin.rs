@@ -11,7 +11,8 @@
 //! - `[standin:long]` / `[standin:long=<words>]`; `[standin:slow=<ms>]`
 //! - `[standin:hostile]`: Markdown with hostile HTML and `javascript:` links in it
 //! - streams: `[standin:drop=<n>]` (connection breaks after n chunks),
-//!   `[standin:midsafety=<n>]` (then a SAFETY stop), `[standin:stall=<n>]` (then
+//!   `[standin:midsafety=<n>]` / `[standin:midrecitation=<n>]` (then a SAFETY /
+//!   RECITATION stop: the words so far are charged), `[standin:stall=<n>]` (then
 //!   silence), `[standin:truncate=<n>]` (then an end with no finish reason)
 //! - `[standin:redirect]` / `[standin:redirect=307]`: a redirect, never to be followed
 
