@@ -65,7 +65,10 @@ where
         vary_on_origin(origins, resp.headers_mut());
         return Ok(resp);
     }
-    let mut resp = handler(req).await?;
+    // On the heap: a route's future is large (the chat lifecycle, a deletion), and held
+    // inline it would sit on the caller's stack, which a debug build's test thread (2 MB)
+    // does not have room for.
+    let mut resp = Box::pin(handler(req)).await?;
     let headers = resp.headers_mut();
     if let Some(origin) = allowed {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
