@@ -36,13 +36,15 @@
     messagesCursor: null,
     turn: null, // the chat being read: {stop(), finished}
     countdown: null,
+    offline: null, // the Retry of the offline alert shown, if any
   };
 
   // --- Alerts ------------------------------------------------------------------------
   function clearAlert(where = $('alert')) {
-    if (where === $('alert') && state.countdown) {
-      clearInterval(state.countdown);
+    if (where === $('alert')) {
+      if (state.countdown) clearInterval(state.countdown);
       state.countdown = null;
+      state.offline = null;
     }
     where.replaceChildren();
   }
@@ -66,7 +68,9 @@
   // An error as people read it. `retry` repeats what failed.
   function showError(err, retry, where = $('alert')) {
     if (err instanceof OfflineError) {
-      alertText('You seem to be offline, or the server cannot be reached.', retry && { label: 'Retry', run: retry }, where);
+      const action = retry && { label: 'Retry', run: retry };
+      alertText('You seem to be offline, or the server cannot be reached.', action, where);
+      if (where === $('alert')) state.offline = action;
       return;
     }
     if (!(err instanceof ApiError)) {
@@ -334,6 +338,28 @@
     return el;
   }
 
+  // What became of an answer whose stream ended with an `error` event.
+  function failureNote(data) {
+    if (data.charged === true) {
+      const cost = typeof data.cost === 'number' ? ` (${data.cost} credits)` : '';
+      return `The model stopped this answer midway (${data.finish_reason || data.code}). `
+        + `The words above are kept in this conversation and were charged${cost}.`;
+    }
+    if (data.charged === false) {
+      return `The answer failed (${data.detail}). You were not charged, and it is not kept.`;
+    }
+    return `The answer failed (${data.detail}). Whether it was charged is not known yet; `
+      + 'the conversation and the balance will tell shortly.';
+  }
+
+  // Why a stored answer ended, when that is worth saying.
+  function endingNote(finishReason) {
+    if (!finishReason || finishReason === 'STOP') return null;
+    if (finishReason === 'MAX_TOKENS') return 'This answer reached its length limit.';
+    if (finishReason === 'CANCELLED') return 'Stopped on request; the words above were charged.';
+    return `The model stopped this answer midway (${finishReason}); the words above were charged.`;
+  }
+
   function note(el, text) {
     const p = document.createElement('p');
     p.className = 'note';
@@ -370,7 +396,10 @@
       if (state.conversation !== conversation) return;
       const nodes = [];
       for (const m of data.messages.slice().reverse()) {
-        nodes.push(userArticle(m.message), answerArticle(m.response, m.model));
+        const answer = answerArticle(m.response, m.model);
+        const ending = endingNote(m.finish_reason);
+        if (ending) note(answer, ending);
+        nodes.push(userArticle(m.message), answer);
       }
       const list = $('messages');
       if (earlier) {
@@ -442,9 +471,11 @@
         setBalance(data.tokens_remaining);
       },
       error(data) {
-        note(answer, `The answer failed (${data.detail}); you were not charged.`);
+        // The stream ended early; the API says whether the words received were charged.
+        note(answer, failureNote(data));
         alertText(data.detail);
-        refreshBalance(); // the charge was refunded
+        if (typeof data.tokens_remaining === 'number') setBalance(data.tokens_remaining);
+        else refreshBalance();
       },
     });
     state.turn = turn;
@@ -566,7 +597,12 @@
   $('others-form').addEventListener('submit', logOutOthers);
   $('password-form').addEventListener('submit', changePassword);
   $('delete-form').addEventListener('submit', deleteAccount);
-  window.addEventListener('online', () => { if ($('alert').textContent.includes('offline')) clearAlert(); });
+  // Back online: say so, and keep the way to repeat what failed.
+  window.addEventListener('online', () => {
+    if (state.offline !== null && $('alert').textContent.includes('offline')) {
+      alertText('The network is back.', state.offline);
+    }
+  });
 
   // First render needs nothing from the API: the stored token decides the view.
   if (session.token) start();
