@@ -221,6 +221,27 @@ def drive(driver, base, allowed_frontend_port, other_frontend_port, check):
         driver.save_screenshot(os.path.join(SHOTS, "signin.png"))
         axe("sign-in page")
 
+        # Too many failed logins: the 429's Retry-After counts down in the alert.
+        ghost = f"ghost{int(time.time() * 1000) % 10**9}"
+        named("textbox", "Username").send_keys(ghost)
+        for attempt in range(10):
+            driver.execute_script("document.getElementById('alert').replaceChildren()")
+            named("textbox", "Password").clear()
+            named("textbox", "Password").send_keys(f"wrong-password-{attempt}")
+            named("button", "Log in").click()
+            wait().until(lambda d: alert_text())
+            if "Try again in" in alert_text():
+                break
+        first = alert_text()
+        time.sleep(2.2)
+        later = alert_text()
+        seconds = lambda text: int(text.split("Try again in ")[1].split(" ")[0]) if "Try again in " in text else None  # noqa: E731
+        check("a 429 counts down from its Retry-After",
+              seconds(first) is not None and seconds(later) is not None and 1 <= seconds(first) - seconds(later) <= 3,
+              (first, later))
+        named("textbox", "Username").clear()
+        named("textbox", "Password").clear()
+
         # The API's own error message, shown as it says it.
         user = f"web{int(time.time() * 1000) % 10**9}"
         named("textbox", "Username").send_keys(user)
@@ -344,6 +365,17 @@ def drive(driver, base, allowed_frontend_port, other_frontend_port, check):
         check("the CSP had nothing to refuse outside the sanitiser's own parsing", not stray, inert["violations"])
         axe("chat page")
 
+        # Dark: the system's scheme is followed, and stays readable.
+        light_bg = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                               {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+        dark_bg = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+        rgb = [int(x) for x in dark_bg[dark_bg.index("(") + 1:dark_bg.index(")")].split(",")[:3]]
+        check("prefers-color-scheme: dark gives a dark page", sum(rgb) < 150 and dark_bg != light_bg, (light_bg, dark_bg))
+        driver.save_screenshot(os.path.join(SHOTS, "dark.png"))
+        axe("chat page, dark")
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+
         # 503 from the model: shown with a retry, and refunded.
         type_message("[standin:503] are you there?")
         wait().until(lambda d: "try again" in alert_text().lower())
@@ -364,6 +396,21 @@ def drive(driver, base, allowed_frontend_port, other_frontend_port, check):
         check("no more text arrives after Stop", answers()[-1].text == stopped)
         wait().until(lambda d: "3780" in balance_text())
         check("the stopped answer was charged (3780)", "3780" in balance_text(), balance_text())
+
+        # Deleting a conversation asks first; declining keeps it.
+        until_named("button", "Delete Story time").click()
+        wait().until(lambda d: d.switch_to.alert).dismiss()
+        time.sleep(0.3)
+        check("declining the confirmation keeps the conversation", named("button", "Delete Story time") is not None)
+        until_named("button", "Delete Story time").click()
+        wait().until(lambda d: d.switch_to.alert).accept()
+        wait().until(lambda d: named("button", "Delete Story time") is None)
+        driver.refresh()
+        wait().until(lambda d: named("button", "New chat"))
+        time.sleep(0.5)
+        check("a confirmed delete removes it, for good",
+              named("button", "Delete Story time") is None and "3780" in balance_text(),
+              named("navigation", "Conversations").text)
 
         # The account: sessions, logging out the others, a new password.
         other = login(base, user, "web-password")
@@ -433,6 +480,75 @@ def drive(driver, base, allowed_frontend_port, other_frontend_port, check):
         check("delete the account: signed out with a message, and the old login fails",
               named("button", "Log in") is not None and status_of_login(base, "broke", "demo-password") == 401,
               alert_text())
+
+        # A long history: 21 turns in one conversation, then 20 more conversations.
+        reader = f"reader{int(time.time() * 1000) % 10**9}"
+        reader_token = register_and_login(base, reader, "reader-password")
+        cheap = {"model": "gemini-flash-lite-latest"}
+        first_turn = api_chat(base, reader_token, {"message": "turn 1", "conversation_id": None, **cheap})
+        for n in range(2, 22):
+            api_chat(base, reader_token, {"message": f"turn {n}",
+                                          "conversation_id": first_turn["conversation_id"], **cheap})
+        for n in range(20):
+            api_chat(base, reader_token, {"message": f"topic {n}", "conversation_id": None, **cheap})
+        named("textbox", "Username").clear()
+        named("textbox", "Username").send_keys(reader)
+        named("textbox", "Password").clear()
+        named("textbox", "Password").send_keys("reader-password")
+        named("button", "Log in").click()
+        wait().until(lambda d: "2360" in balance_text())
+        items = lambda: named("navigation", "Conversations").find_elements(By.CSS_SELECTOR, "button.open")  # noqa: E731
+        wait().until(lambda d: len(items()) == 20)
+        check("the sidebar shows a page of 20 conversations, most recent first, and Load more",
+              items()[0].text == "topic 19" and named("button", "Load more") is not None, [i.text for i in items()[:3]])
+        named("button", "Load more").click()
+        wait().until(lambda d: len(items()) == 21)
+        check("Load more brings the oldest conversation", items()[-1].text == "turn 1", [i.text for i in items()[-2:]])
+        items()[-1].click()
+        log_articles = lambda: driver.find_elements(By.CSS_SELECTOR, "[role=log] article")  # noqa: E731
+        wait().until(lambda d: len(log_articles()) == 40)
+        check("opening it shows its latest 20 turns, the newest last, and Load earlier",
+              "turn 21" in log_articles()[-2].text and "turn 2" in log_articles()[0].text
+              and named("button", "Load earlier") is not None, [a.text[:20] for a in log_articles()[:2]])
+        named("button", "Load earlier").click()
+        wait().until(lambda d: len(log_articles()) == 42)
+        check("Load earlier adds the first turn above, and is gone at the start",
+              "turn 1" in log_articles()[0].text and named("button", "Load earlier") is None,
+              [a.text[:20] for a in log_articles()[:2]])
+
+        # Offline: the message is kept and a Retry sends it once the network is back.
+        driver.execute_cdp_cmd("Network.enable", {})
+        offline = {"latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+        driver.execute_cdp_cmd("Network.emulateNetworkConditions", {**offline, "offline": True})
+        type_message("sent while offline")
+        wait().until(lambda d: "offline" in alert_text())
+        check("offline: an alert with Retry, and the message is kept in the box",
+              named("button", "Retry") is not None
+              and until_named("textbox", "Message").get_attribute("value") == "sent while offline", alert_text())
+        driver.execute_cdp_cmd("Network.emulateNetworkConditions", {**offline, "offline": False})
+        named("button", "Retry").click()
+        wait().until(lambda d: "2320" in balance_text())
+        wait_done()
+        check("Retry sends it once back online (charged once: 2320)",
+              "sent while offline" in log_articles()[-2].text and balance(base, reader_token) == 2320,
+              balance_text())
+
+        # A stream the model stops midway for the prompt's sake: its words are charged, and
+        # the page says so; a stream that breaks is not charged, and the page says that.
+        until_named("textbox", "Message").clear()
+        type_message("[standin:midsafety=3] go on")
+        wait_done()
+        wait().until(lambda d: "2280" in balance_text())
+        stopped = answers()[-1].text
+        check("stopped midway by the model: the page says the words were charged, the balance follows",
+              "were charged" in stopped and "SAFETY" in stopped and balance(base, reader_token) == 2280, stopped[-200:])
+        type_message("[standin:drop=3] go on")
+        wait_done()
+        wait().until(lambda d: "not charged" in answers()[-1].text)
+        time.sleep(0.3)
+        check("a broken stream: the page says it was not charged, the balance stays",
+              "2280" in balance_text() and balance(base, reader_token) == 2280,
+              (answers()[-1].text[-200:], balance_text()))
     except Exception:  # a timeout waiting for the page is a failed check, not a crash
         check("the page run completes", False, traceback.format_exc()[-1500:])
 
@@ -463,6 +579,19 @@ def login(base, username, password):
     req = urllib.request.Request(base + "/api/login/", data=json.dumps({"username": username, "password": password}).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     return json.loads(urllib.request.urlopen(req, timeout=30).read())["token"]
+
+
+def register_and_login(base, username, password):
+    req = urllib.request.Request(base + "/api/register/", data=json.dumps({"username": username, "password": password}).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(req, timeout=30).read()
+    return login(base, username, password)
+
+
+def api_chat(base, token, body):
+    req = urllib.request.Request(base + "/api/chat/", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Token {token}"})
+    return json.loads(urllib.request.urlopen(req, timeout=60).read())
 
 
 def status_of(base, token):

@@ -194,8 +194,10 @@ def main():
     # A frontend on another origin that the API lets in (the CORS test); a second one on
     # another free port is not on the list.
     frontend_port = free_port()
+    # CHATS_PER_MINUTE: the browser test writes a long history (41 chats) for one user
+    # within a minute to page through; the rate limit itself is tested in the Rust suites.
     env = dict(os.environ, TABLE_NAME=f"e2e-{os.getpid()}", CORS_ALLOWED_ORIGINS=f"http://127.0.0.1:{frontend_port}",
-               **{k: str(v) for k, v in ports.items()})
+               CHATS_PER_MINUTE="100", **{k: str(v) for k, v in ports.items()})
     for var in ("GEMINI_API_KEY", "GEMINI_BASE_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
         env.pop(var, None)  # exactly what a newcomer's shell has: no key, no endpoint
     base = f"http://127.0.0.1:{ports['API_PORT']}"
