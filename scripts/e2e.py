@@ -211,8 +211,11 @@ def main():
     frontends = []
     log = tempfile.NamedTemporaryFile("w+", prefix="e2e-dev-", suffix=".log", delete=False)
     print(f"e2e: starting scripts/dev (log {log.name})")
+    # SIGINT as a terminal delivers it: a shell that starts a job in the background (CI, `&`)
+    # passes SIGINT down ignored, and a shell can't trap a signal ignored at its start.
     dev = subprocess.Popen(["scripts/dev"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, start_new_session=True)
+                           stdin=subprocess.DEVNULL, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     r.log = log.name
     try:
         deadline = time.time() + START_TIMEOUT
