@@ -146,6 +146,7 @@
   function signedOut(message) {
     if (state.turn) state.turn.stop();
     session.clear();
+    $('message').value = ''; // a draft is the signed-out user's, not the next one's
     $('conversations').replaceChildren();
     $('messages').replaceChildren();
     $('balance').textContent = '';
