@@ -524,7 +524,8 @@ def drive(driver, base, allowed_frontend_port, other_frontend_port, check):
         wait().until(lambda d: "offline" in alert_text())
         check("offline: an alert with Retry, and the message is kept in the box",
               named("button", "Retry") is not None
-              and until_named("textbox", "Message").get_attribute("value") == "sent while offline", alert_text())
+              and until_named("textbox", "Message").get_attribute("value") == "sent while offline",
+              (alert_text(), until_named("textbox", "Message").get_attribute("value")))
         driver.execute_cdp_cmd("Network.emulateNetworkConditions", {**offline, "offline": False})
         named("button", "Retry").click()
         wait().until(lambda d: "2320" in balance_text())
