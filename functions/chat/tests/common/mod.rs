@@ -120,6 +120,7 @@ impl Setup {
             charge_timeout: Duration::from_secs(9),
             function_timeout: Duration::from_secs(8),
             store_retry: Default::default(),
+            cors: Default::default(),
         };
         let app = shared::App::new(config, self.store.clone());
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/tokens.json");
