@@ -10,6 +10,10 @@
 //! first words against the same chat answered as JSON, and the DynamoDB round trips of an
 //! answered chat (see `bench_stream.rs`).
 //!
+//! `cargo xtask bench-page [--runs N]`: the chat page's first visit in bytes (budget
+//! 100 KB), and what gzipping at cold start would cost against build time (see
+//! `bench_page.rs`).
+//!
 //! `cargo xtask cost [--runs N] [--gemini-ms MS] [--prompt-tokens N] [--response-tokens N]
 //! [--thoughts-tokens N] [--model ID] BIN_DIR`: what a million chats, balance reads,
 //! logins and registrations cost, by component, from measured inputs and
@@ -32,11 +36,12 @@ use shared::{audit, domain::Username, store::Store};
 
 mod bench_deletion;
 mod bench_history;
+mod bench_page;
 mod bench_stream;
 mod cold_start;
 mod cost;
 
-const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY\n       cargo xtask bench-deletion [--chats N] LOGIN_BINARY\n       cargo xtask cost [--runs N] [--gemini-ms MS] [--prompt-tokens N] [--response-tokens N] [--thoughts-tokens N] [--model ID] BIN_DIR";
+const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY\n       cargo xtask bench-page [--runs N]\n       cargo xtask bench-deletion [--chats N] LOGIN_BINARY\n       cargo xtask cost [--runs N] [--gemini-ms MS] [--prompt-tokens N] [--response-tokens N] [--thoughts-tokens N] [--model ID] BIN_DIR";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -48,6 +53,7 @@ async fn main() -> ExitCode {
         Some("bench-stream") => bench_stream::run(&args[1..]).await,
         Some("bench-deletion") => bench_deletion::run(&args[1..]).await,
         Some("cost") => cost::run(&args[1..]).await,
+        Some("bench-page") => bench_page::run(&args[1..]).await,
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)

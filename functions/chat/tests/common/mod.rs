@@ -129,6 +129,7 @@ impl Setup {
             function_timeout: Duration::from_secs(8),
             store_retry: Default::default(),
             metrics_namespace: "ChatBackend".to_owned(),
+            cors: Default::default(),
         };
         let app = shared::App::new(config, self.store.clone());
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/tokens.json");
