@@ -41,6 +41,9 @@ pub struct Config {
     /// How DynamoDB calls are timed and retried (`DYNAMODB_ATTEMPT_TIMEOUT_MS`, default
     /// 500; `DYNAMODB_RETRY_BUDGET_MS`, default 1200; `DYNAMODB_MAX_ATTEMPTS`, default 6).
     pub store_retry: RetryPolicy,
+    /// The CloudWatch namespace of the functions' own metrics (`METRICS_NAMESPACE`,
+    /// default `ChatBackend`).
+    pub metrics_namespace: String,
     /// Origins of web pages hosted elsewhere that may call this API from a browser
     /// (`CORS_ALLOWED_ORIGINS`, exact origins, comma-separated; empty: same origin only).
     pub cors: AllowedOrigins,
@@ -301,6 +304,8 @@ impl Config {
             charge_timeout: Duration::from_secs(parse_or("CHARGE_TIMEOUT_SECS", 60u64)?),
             function_timeout: Duration::from_secs(parse_or("FUNCTION_TIMEOUT_SECS", 29u64)?),
             store_retry,
+            metrics_namespace: optional("METRICS_NAMESPACE")
+                .unwrap_or_else(|| crate::telemetry::metrics::DEFAULT_NAMESPACE.to_owned()),
             cors: AllowedOrigins::parse(&optional("CORS_ALLOWED_ORIGINS").unwrap_or_default())
                 .map_err(|reason| ConfigError {
                     var: "CORS_ALLOWED_ORIGINS",
@@ -332,6 +337,12 @@ impl Config {
             return fail(
                 "SESSION_IDLE_HOURS",
                 "SESSION_IDLE_HOURS and MAX_SESSIONS must be at least 1".into(),
+            );
+        }
+        if self.metrics_namespace.len() > 255 || self.metrics_namespace.starts_with(':') {
+            return fail(
+                "METRICS_NAMESPACE",
+                "must be at most 255 characters and not start with a colon".into(),
             );
         }
         let retry = &self.store_retry;
