@@ -10,6 +10,7 @@
 //! that answers as AWS does under contention ([`faults`]).
 
 pub mod demo;
+pub mod emf;
 pub mod events;
 pub mod faults;
 pub mod gemini;

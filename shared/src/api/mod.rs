@@ -1,13 +1,15 @@
 //! The endpoints. Each function's `main` hands every request to one entry point here
-//! (`register::handle`, `sessions::route`, [`chat_function`], [`tokens_function`]): it
-//! never fails at the Lambda level, every outcome is an HTTP response, and every
-//! response leaves through [`http::with_common_headers`].
+//! ([`register_function`], [`login_function`], [`chat_function`], [`tokens_function`]):
+//! it never fails at the Lambda level, every outcome is an HTTP response, and every
+//! response leaves through [`http::with_common_headers`] and then
+//! [`cors::serve`](crate::cors::serve).
 
 pub mod chat;
 pub mod conversations;
 pub mod login;
 pub mod models;
 pub mod openapi;
+pub mod page;
 pub mod register;
 pub mod sessions;
 pub mod tokens;
@@ -19,12 +21,30 @@ use aws_config::SdkConfig;
 use crate::{
     aws,
     config::{self, Config, GeminiConfig, Secret},
+    cors,
     error::{ApiError, BoxError},
     gemini::GeminiClient,
     http,
     service::accounts::{Accounts, Authed},
     store::Store,
+    telemetry::metrics::{self, Record},
 };
+
+/// Runs one invocation of `function` with its own metrics record, written as one EMF
+/// line once the invocation (and any task it left running) lets go of it. Each
+/// function's routes run inside one (a CORS preflight, answered before, records
+/// nothing).
+pub async fn invocation<F, Fut>(config: &Config, function: &'static str, handler: F) -> Fut::Output
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
+    let record = Record::new(config.metrics_namespace.as_str(), function);
+    // The handler's future is made here and boxed at once: it is large (several SDK
+    // calls' state), and neither this future nor whoever awaits an entry point should
+    // carry it inline.
+    metrics::scope(record, Box::pin(handler())).await
+}
 
 /// The request's path as the client sent it (without API Gateway's stage), with no
 /// trailing slash: every route works with and without one.
@@ -36,31 +56,64 @@ fn route_path(req: &Request) -> String {
     raw.trim_end_matches('/').to_owned()
 }
 
+/// The register function: `/api/register/`.
+pub async fn register_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    cors::serve(&app.config.cors, req, |req| register::handle(app, req)).await
+}
+
+/// The login function: login, and the session and account routes of [`sessions`].
+pub async fn login_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    cors::serve(&app.config.cors, req, |req| sessions::route(app, req)).await
+}
+
 /// The chat function: `/api/chat/` and the history API under `/api/conversations/`.
 pub async fn chat_function(
     chat_app: &ChatApp,
     req: Request,
 ) -> Result<Response<http::StreamBody>, Error> {
-    let path = route_path(&req);
-    let resp = if conversations::serves(&path) {
-        http::into_stream(conversations::handle(&chat_app.app, req, &path).await)
-    } else {
-        chat::handle(chat_app, req).await?
-    };
-    Ok(http::with_common_headers(resp))
+    cors::serve(&chat_app.app.config.cors, req, |req| {
+        chat_routes(chat_app, req)
+    })
+    .await
 }
 
-/// The tokens function: `/api/tokens/`, `/api/models/` and `/api/openapi.json`, all read-only.
+async fn chat_routes(
+    chat_app: &ChatApp,
+    req: Request,
+) -> Result<Response<http::StreamBody>, Error> {
+    invocation(&chat_app.app.config, "chat", || async {
+        let path = route_path(&req);
+        let resp = if conversations::serves(&path) {
+            http::into_stream(conversations::handle(&chat_app.app, req, &path).await)
+        } else {
+            chat::handle(chat_app, req).await?
+        };
+        Ok(http::with_common_headers(resp))
+    })
+    .await
+}
+
+/// The tokens function: `/api/tokens/`, `/api/models/`, `/api/openapi.json` and the
+/// chat page (`/`, `/assets/…`), all read-only.
 pub async fn tokens_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
-    let path = route_path(&req);
-    let resp = if path == "/api/models" {
-        models::handle(app, req).await
-    } else if path.ends_with("/openapi.json") {
-        openapi::handle(req).await
-    } else {
-        tokens::handle(app, req).await?
-    };
-    Ok(http::with_common_headers(resp))
+    cors::serve(&app.config.cors, req, |req| tokens_routes(app, req)).await
+}
+
+async fn tokens_routes(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    invocation(&app.config, "tokens", || async {
+        let path = route_path(&req);
+        let resp = if page::serves(&path) {
+            page::handle(req, &path).await
+        } else if path == "/api/models" {
+            models::handle(app, req).await
+        } else if path.ends_with("/openapi.json") {
+            openapi::handle(req).await
+        } else {
+            tokens::handle(app, req).await?
+        };
+        Ok(http::with_common_headers(resp))
+    })
+    .await
 }
 
 /// What every function builds once per cold start.

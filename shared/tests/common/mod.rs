@@ -46,6 +46,8 @@ pub fn config(table: &str) -> Config {
         charge_timeout: Duration::from_secs(60),
         function_timeout: Duration::from_secs(29),
         store_retry: Default::default(),
+        metrics_namespace: "ChatBackend".to_owned(),
+        cors: Default::default(),
     }
 }
 
