@@ -17,6 +17,7 @@ pub mod http;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 pub use api::{App, ChatApp};
 pub use config::Config;

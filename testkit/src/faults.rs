@@ -21,7 +21,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -91,6 +91,8 @@ struct Shared {
     injected: AtomicUsize,
     /// Every request's operation, in arrival order, until [`FaultProxy::take_operations`].
     operations: Mutex<Vec<String>>,
+    /// When the latest answer was handed back to the caller.
+    last_answer: Mutex<Option<Instant>>,
     /// Capacity consumed, when counted ([`FaultProxy::count_capacity`]).
     capacity: Mutex<Option<Capacity>>,
     holds: Mutex<Vec<Arc<HoldState>>>,
@@ -188,6 +190,7 @@ impl FaultProxy {
             forwarded: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
             operations: Mutex::new(Vec::new()),
+            last_answer: Mutex::new(None),
             capacity: Mutex::new(None),
             holds: Mutex::new(Vec::new()),
         });
@@ -268,6 +271,12 @@ impl FaultProxy {
     pub fn take_operations(&self) -> Vec<String> {
         std::mem::take(&mut *self.shared.operations.lock().unwrap())
     }
+
+    /// When the proxy last handed an answer back to its caller: for a process whose last
+    /// DynamoDB call precedes its response, a moment before that response's last byte.
+    pub fn last_answer_at(&self) -> Option<Instant> {
+        *self.shared.last_answer.lock().unwrap()
+    }
 }
 
 impl Shared {
@@ -302,6 +311,19 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let answer = route(&shared, method, uri, headers, body).await;
+    *shared.last_answer.lock().unwrap() = Some(Instant::now());
+    answer
+}
+
+/// Holds the request if a test asked to, then answers it.
+async fn route(
+    shared: &Arc<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let operation = operation_of(&headers);
     shared.operations.lock().unwrap().push(operation.clone());
     let hold = {
@@ -315,7 +337,7 @@ async fn handle(
             .cloned()
     };
     match hold {
-        None => answer(&shared, operation, method, uri, headers, body).await,
+        None => answer(shared, operation, method, uri, headers, body).await,
         // A held request reaches DynamoDB when released even if its caller has hung up
         // meanwhile: the wait and the forwarding run apart from this connection.
         Some(hold) => {

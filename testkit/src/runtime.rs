@@ -29,7 +29,9 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    io,
+    net::{SocketAddr, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     path::Path,
     process::{Child, Command, Stdio},
     sync::{
@@ -46,13 +48,14 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
+    serve::ListenerExt,
 };
 use base64::Engine;
 use http_body_util::BodyExt;
 use serde_json::{Map, Value, json};
 use tokio::{
     net::TcpListener,
-    sync::{Mutex as AsyncMutex, Notify, mpsc},
+    sync::{Mutex as AsyncMutex, Notify, mpsc, watch},
     task::JoinHandle,
 };
 
@@ -149,11 +152,13 @@ const DELIMITER: &[u8] = &[0; 8];
 const ERROR_TYPE: &str = "lambda-runtime-function-error-type";
 const ERROR_BODY: &str = "lambda-runtime-function-error-body";
 
+/// What the emulator passes on to an invocation's waiter. `Answered` and `End` carry the
+/// moment the emulator held the whole response.
 enum Event {
-    Answered(Outcome),
+    Answered(Outcome, Instant),
     Prelude(Prelude),
     Chunk(Chunk),
-    End(StreamEnd),
+    End(StreamEnd, Instant),
 }
 
 struct Invocation {
@@ -169,6 +174,8 @@ struct Inner {
     records: Mutex<HashMap<String, StreamRecord>>,
     recorded: Notify,
     next_id: AtomicU64,
+    /// When the first `next` poll arrived: the end of a process's init.
+    first_poll: watch::Sender<Option<Instant>>,
 }
 
 /// A running emulator. Dropping it stops the server.
@@ -195,6 +202,7 @@ impl RuntimeApi {
             records: Mutex::new(HashMap::new()),
             recorded: Notify::new(),
             next_id: AtomicU64::new(1),
+            first_poll: watch::Sender::new(None),
         });
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
@@ -209,6 +217,10 @@ impl RuntimeApi {
             .await
             .expect("bind the runtime API");
         let addr = listener.local_addr().expect("bound address");
+        // Lambda's Runtime API server is written in Go, whose sockets have TCP_NODELAY on.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -229,15 +241,24 @@ impl RuntimeApi {
     /// buffered function (as on Lambda, where the caller sees a timeout): wrap it in a
     /// timeout.
     pub async fn invoke(&self, event: Value) -> Outcome {
+        self.invoke_timed(event).await.0
+    }
+
+    /// [`invoke`](Self::invoke), and the moment the emulator held the whole response
+    /// (read the last byte of a streamed body, or the whole buffered one).
+    pub async fn invoke_timed(&self, event: Value) -> (Outcome, Instant) {
         let mut stream = self.invoke_streaming(event);
         let prelude = match stream.prelude().await {
             Ok(prelude) => prelude.clone(),
-            Err(NotStreamed::Answered(outcome)) => return outcome,
+            Err(NotStreamed::Answered(outcome)) => {
+                return (outcome, stream.completed_at.unwrap_or_else(Instant::now));
+            }
             Err(NotStreamed::Ended(end)) => {
-                return Outcome::Error(json!({
+                let outcome = Outcome::Error(json!({
                     "errorType": "Emulator.BadStream",
                     "errorMessage": format!("{end:?}"),
                 }));
+                return (outcome, stream.completed_at.unwrap_or_else(Instant::now));
             }
         };
         let mut body = Vec::new();
@@ -245,7 +266,19 @@ impl RuntimeApi {
             body.extend_from_slice(&chunk.bytes);
         }
         let end = stream.end().await;
-        Outcome::Response(collected(&prelude, &body, &end))
+        let at = stream.completed_at.unwrap_or_else(Instant::now);
+        (Outcome::Response(collected(&prelude, &body, &end)), at)
+    }
+
+    /// When the first process polled for an invocation (`GET .../invocation/next`): the
+    /// end of its init, as Lambda counts it. Waits for that poll.
+    pub async fn first_poll(&self) -> Instant {
+        let mut polls = self.inner.first_poll.subscribe();
+        let first = polls
+            .wait_for(Option::is_some)
+            .await
+            .expect("the emulator keeps its sender");
+        first.expect("waited for it")
     }
 
     /// Queues an invocation and returns at once with a handle that yields the response
@@ -266,6 +299,7 @@ impl RuntimeApi {
             rx,
             prelude: None,
             end: None,
+            completed_at: None,
         }
     }
 
@@ -297,6 +331,7 @@ pub struct StreamingInvocation {
     rx: mpsc::UnboundedReceiver<Event>,
     prelude: Option<Result<Prelude, NotStreamed>>,
     end: Option<StreamEnd>,
+    completed_at: Option<Instant>,
 }
 
 impl StreamingInvocation {
@@ -310,8 +345,12 @@ impl StreamingInvocation {
         if self.prelude.is_none() {
             let first = match self.rx.recv().await {
                 Some(Event::Prelude(prelude)) => Ok(prelude),
-                Some(Event::Answered(outcome)) => Err(NotStreamed::Answered(outcome)),
-                Some(Event::End(end)) => {
+                Some(Event::Answered(outcome, at)) => {
+                    self.completed_at = Some(at);
+                    Err(NotStreamed::Answered(outcome))
+                }
+                Some(Event::End(end, at)) => {
+                    self.completed_at = Some(at);
                     self.end = Some(end.clone());
                     Err(NotStreamed::Ended(end))
                 }
@@ -334,11 +373,12 @@ impl StreamingInvocation {
         }
         match self.rx.recv().await {
             Some(Event::Chunk(chunk)) => Some(chunk),
-            Some(Event::End(end)) => {
+            Some(Event::End(end, at)) => {
+                self.completed_at = Some(at);
                 self.end = Some(end);
                 None
             }
-            Some(Event::Prelude(_) | Event::Answered(_)) => unreachable!("one prelude each"),
+            Some(Event::Prelude(_) | Event::Answered(..)) => unreachable!("one prelude each"),
             None => {
                 self.end = Some(emulator_gone());
                 None
@@ -409,6 +449,12 @@ fn collected(prelude: &Prelude, body: &[u8], end: &StreamEnd) -> Value {
 }
 
 async fn next(State(inner): State<Arc<Inner>>) -> Response {
+    let arrived = Instant::now();
+    inner.first_poll.send_if_modified(|first| {
+        let unset = first.is_none();
+        first.get_or_insert(arrived);
+        unset
+    });
     let invocation = inner.queue_rx.lock().await.recv().await;
     let Some(Invocation { id, event }) = invocation else {
         return StatusCode::GONE.into_response();
@@ -463,13 +509,15 @@ async fn response(
     }
     match body.collect().await {
         Ok(body) => {
-            let _ = tx.send(Event::Answered(Outcome::Response(json_or_text(
-                &body.to_bytes(),
-            ))));
+            let at = Instant::now();
+            let _ = tx.send(Event::Answered(
+                Outcome::Response(json_or_text(&body.to_bytes())),
+                at,
+            ));
             StatusCode::ACCEPTED
         }
         Err(e) => {
-            let _ = tx.send(Event::End(StreamEnd::Broken(e.to_string())));
+            let _ = tx.send(Event::End(StreamEnd::Broken(e.to_string()), Instant::now()));
             StatusCode::BAD_REQUEST
         }
     }
@@ -565,7 +613,7 @@ async fn drain_stream(mut body: Body, tx: &mpsc::UnboundedSender<Event>) -> Stre
         (None, None, None, None) => StreamEnd::Completed,
     };
     let end = record.end.clone();
-    send(&mut record, Event::End(end));
+    send(&mut record, Event::End(end, Instant::now()));
     record
 }
 
@@ -673,7 +721,10 @@ async fn error(
 ) -> StatusCode {
     match waiter(&inner, &id) {
         Some(tx) => {
-            let _ = tx.send(Event::Answered(Outcome::Error(json_or_text(&body))));
+            let _ = tx.send(Event::Answered(
+                Outcome::Error(json_or_text(&body)),
+                Instant::now(),
+            ));
             StatusCode::ACCEPTED
         }
         None => StatusCode::BAD_REQUEST,
@@ -777,6 +828,68 @@ impl Functions {
                 line.split_whitespace().nth(1)?.parse().ok()
             })
             .collect()
+    }
+
+    /// `TCP_NODELAY` on each of the processes' connections to `runtime`: whether a small
+    /// write (a streamed response's prelude, its delimiter, a chunk) leaves at once rather
+    /// than waiting under Nagle's algorithm for the previous one's acknowledgement. Read
+    /// from the processes' own sockets: each is duplicated with `pidfd_getfd` (Linux 5.6+,
+    /// the right to ptrace the child, which its parent has) and asked with `getsockopt`.
+    /// Empty when no process is connected.
+    pub fn runtime_api_nodelay(&self, runtime: &RuntimeApi) -> io::Result<Vec<bool>> {
+        let mut found = Vec::new();
+        for child in &self.children {
+            let pid = child.id() as libc::pid_t;
+            // SAFETY: plain system calls; a returned descriptor is owned at once.
+            let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            if pidfd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+            for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+                let entry = entry?;
+                let is_socket = std::fs::read_link(entry.path())
+                    .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+                let fd = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<RawFd>().ok());
+                let (true, Some(fd)) = (is_socket, fd) else {
+                    continue;
+                };
+                let copy =
+                    unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+                if copy < 0 {
+                    let err = io::Error::last_os_error();
+                    if err.raw_os_error() == Some(libc::EBADF) {
+                        continue; // closed since it was listed
+                    }
+                    return Err(err);
+                }
+                // Only asked for its peer and an option; dropping it closes the copy alone.
+                let socket = TcpStream::from(unsafe { OwnedFd::from_raw_fd(copy as RawFd) });
+                if socket.peer_addr().is_ok_and(|peer| peer == runtime.addr) {
+                    found.push(socket.nodelay()?);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// CPU time the live processes have spent running so far, all their threads, to the
+    /// nanosecond (the scheduler's `/proc/<pid>/task/*/schedstat`): a few milliseconds of
+    /// start-up measured in work done rather than in wall time, which on a busy machine is
+    /// mostly waiting for a core. Zero where the kernel keeps no such statistics.
+    pub fn cpu_time(&self) -> Duration {
+        let nanos = self
+            .children
+            .iter()
+            .filter_map(|c| std::fs::read_dir(format!("/proc/{}/task", c.id())).ok())
+            .flatten()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok())
+            .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        Duration::from_nanos(nanos)
     }
 
     /// CPU time the live processes have used so far (user and system), in clock ticks:

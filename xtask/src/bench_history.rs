@@ -59,6 +59,9 @@ pub async fn run(args: &[String]) -> ExitCode {
         ("GEMINI_API_KEY", "bench".to_owned()),
         ("GEMINI_BASE_URL", standin.base_url()),
         ("RUST_LOG", "warn".to_owned()),
+        // One user's hundred chats, timed rather than refused by the per-user limits.
+        ("CHATS_IN_FLIGHT", "1000".to_owned()),
+        ("CHATS_PER_MINUTE", "100000".to_owned()),
     ];
     let runtime = RuntimeApi::start().await;
     let mut function = Functions::spawn(Path::new(&binary), &runtime, 1, &env);

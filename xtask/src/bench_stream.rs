@@ -31,6 +31,8 @@ use testkit::{
     runtime::{Functions, Outcome, RuntimeApi},
 };
 
+use crate::bench::percentile;
+
 /// The stand-in's streamed answer.
 const ANSWER: Behavior = Behavior::LongAnswer { words: 120 };
 /// How long the relay holds each DynamoDB call when counting sequential round trips.
@@ -259,17 +261,9 @@ fn print_row(label: &str, mut times: Vec<Duration>) {
     );
 }
 
-fn percentile(values: &mut [Duration], p: usize) -> Duration {
-    if values.is_empty() {
-        return Duration::ZERO;
-    }
-    values.sort_unstable();
-    values[(values.len() - 1) * p / 100]
-}
-
 /// `events/chat.json` (the demo user), as a streamed chat or as a buffered one (no
 /// `Accept` header).
-pub(crate) fn chat_event(n: usize, stream: bool) -> Value {
+pub fn chat_event(n: usize, stream: bool) -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../events/chat.json");
     let text = std::fs::read_to_string(path).expect("the sample event");
     let mut event: Value = serde_json::from_str(&text).expect("valid JSON");

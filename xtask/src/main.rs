@@ -1,7 +1,9 @@
 //! Project tasks.
 //!
-//! `cargo xtask cold-start [--runs N] [--warm N] BINARY...`: start-up time and memory of
-//! function binaries (see `cold_start.rs`; `scripts/bench` runs it on release builds).
+//! `cargo xtask bench [--spawns N] [--warm N] [--gap N] RELEASE_DIR`: init, first request,
+//! warm latency and memory of the four functions against a hello-world `lambda_http`
+//! binary, and the chat's response completion (see `bench.rs`; `scripts/bench` builds the
+//! release binaries and runs it).
 //!
 //! `cargo xtask bench-history [--runs N] CHAT_BINARY`: chat latency against a conversation
 //! of 10 and of 2,000 stored messages (see `bench_history.rs`).
@@ -34,21 +36,21 @@ use std::process::ExitCode;
 
 use shared::{audit, domain::Username, store::Store};
 
+mod bench;
 mod bench_deletion;
 mod bench_history;
 mod bench_page;
 mod bench_stream;
-mod cold_start;
 mod cost;
 
-const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY\n       cargo xtask bench-page [--runs N]\n       cargo xtask bench-deletion [--chats N] LOGIN_BINARY\n       cargo xtask cost [--runs N] [--gemini-ms MS] [--prompt-tokens N] [--response-tokens N] [--thoughts-tokens N] [--model ID] BIN_DIR";
+const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask bench [--spawns N] [--warm N] [--gap N] RELEASE_DIR\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY\n       cargo xtask bench-page [--runs N]\n       cargo xtask bench-deletion [--chats N] LOGIN_BINARY\n       cargo xtask cost [--runs N] [--gemini-ms MS] [--prompt-tokens N] [--response-tokens N] [--thoughts-tokens N] [--model ID] BIN_DIR";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("audit") => audit_command(&args[1..]).await,
-        Some("cold-start") => cold_start::run(&args[1..]).await,
+        Some("bench") => bench::run(&args[1..]).await,
         Some("bench-history") => bench_history::run(&args[1..]).await,
         Some("bench-stream") => bench_stream::run(&args[1..]).await,
         Some("bench-deletion") => bench_deletion::run(&args[1..]).await,

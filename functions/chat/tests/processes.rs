@@ -295,3 +295,27 @@ async fn a_conversation_through_the_built_binary_is_priced_paged_and_deleted() {
         (225, 3, 3775)
     );
 }
+
+/// A streamed response leaves as several small writes (prelude, delimiter, body); with
+/// Nagle's algorithm on, each waits for the previous one's delayed ACK, ~40 ms on every
+/// answer. `lambda_runtime_api_client` 1.1.1 leaves it on: patches/ turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_api_connection_has_nagle_off() {
+    let setup = setup(1000).await;
+    let functions = setup.functions(1, &[]);
+    let (status, body) = invoke(&setup.runtime, chat_event(&setup.token, "hello", None))
+        .await
+        .http();
+    assert_eq!(status, 200, "{body}");
+    let nodelay = functions
+        .runtime_api_nodelay(&setup.runtime)
+        .expect("the chat process's sockets can be read");
+    assert!(
+        !nodelay.is_empty(),
+        "the chat process holds no Runtime API connection"
+    );
+    assert!(
+        nodelay.iter().all(|on| *on),
+        "TCP_NODELAY is off on the Runtime API connection: {nodelay:?}"
+    );
+}

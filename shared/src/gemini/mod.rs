@@ -210,8 +210,6 @@ pub struct GeminiClient {
 impl GeminiClient {
     pub fn new(config: GeminiConfig) -> Result<Self, BuildError> {
         let base_url = check_base_url(&config.base_url).map_err(BuildError::BaseUrl)?;
-        // reqwest is built without a bundled crypto provider; ring is the one we ship.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut key = HeaderValue::from_str(config.api_key.expose()).map_err(BuildError::ApiKey)?;
         key.set_sensitive(true);
         let headers = HeaderMap::from_iter([(
@@ -219,6 +217,8 @@ impl GeminiClient {
             key,
         )]);
         let http = reqwest::Client::builder()
+            // The compiled-in roots, the AWS SDK's too: no system store read at cold start.
+            .tls_backend_preconfigured(crate::tls::client_config())
             .default_headers(headers)
             // The key must never reach another host: a redirect is an upstream error.
             .redirect(reqwest::redirect::Policy::none())

@@ -1,0 +1,159 @@
+//! The roots every outbound HTTPS call trusts — Gemini's (reqwest) and AWS's (the SDK's
+//! client) — and the TLS client configuration built on them: rustls with ring.
+//!
+//! The roots are Mozilla's root program (the `webpki-root-certs` crate, generated from
+//! the CCADB), compiled into the binary rather than read from the system store. Reading
+//! the system store was most of a function's cold start: the SDK's client and reqwest each
+//! read it (a bundle and ~150 files of PEM, base64-decoded), 3–10 ms apiece on the bench
+//! machine against 0.1 ms to parse the compiled-in set. The system store on Lambda is
+//! built from the same Mozilla list; what differs is who keeps it current: the compiled-in
+//! set moves with `cargo update -p webpki-root-certs` and a deploy, where the system store
+//! moves with Lambda's base image. The two services' roots are in it and checked by a
+//! test below: Amazon Trust Services (every AWS endpoint) and Google Trust Services
+//! (`generativelanguage.googleapis.com`).
+//!
+//! The AWS SDK's client gets only Amazon Trust Services' roots (Amazon Root CA 1–4 and
+//! the Starfield root that cross-signs them), the CAs of every AWS service endpoint since
+//! AWS moved them all to its own certificates. It takes roots only as PEM, which it then
+//! decodes and parses again: the whole set cost ~2 ms of CPU at every cold start (a
+//! function's init went from ~6 to ~4 ms), five roots cost next to nothing. Pointing the
+//! SDK at a TLS endpoint under another CA (a proxy in front of DynamoDB) would need those
+//! roots added here. Gemini's client keeps the whole set: its base URL is configurable.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use rustls::{ClientConfig, RootCertStore, pki_types::CertificateDer};
+
+/// The trusted roots, as DER.
+pub fn roots() -> &'static [CertificateDer<'static>] {
+    webpki_root_certs::TLS_SERVER_ROOT_CERTS
+}
+
+/// The roots as a store rustls verifies against.
+pub fn root_store() -> RootCertStore {
+    let mut store = RootCertStore::empty();
+    store.add_parsable_certificates(roots().iter().cloned());
+    store
+}
+
+/// A TLS client configuration on [`root_store`], ring as its crypto provider, offering
+/// HTTP/1.1 (the only HTTP version the clients here speak).
+pub fn client_config() -> ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports rustls's default protocol versions")
+        .with_root_certificates(root_store())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// Amazon Trust Services' roots (and Starfield's, which cross-signs them), as PEM (the
+/// AWS SDK's HTTPS client takes its trust store in no other form): what every AWS service
+/// endpoint's certificate chains to, and all that client is given (see the module's notes).
+pub fn aws_roots_pem() -> String {
+    // A root's name is in its DER (as subject and as issuer); no other root names these.
+    let names = AWS_ROOTS.map(memchr::memmem::Finder::new);
+    pem(roots()
+        .iter()
+        .filter(|cert| names.iter().any(|name| name.find(cert.as_ref()).is_some())))
+}
+
+/// Amazon Root CA 1 to 4, and the Starfield root that cross-signs them.
+const AWS_ROOTS: [&str; 2] = [
+    "Amazon Root CA ",
+    "Starfield Services Root Certificate Authority - G2",
+];
+
+fn pem<'a>(certs: impl Iterator<Item = &'a CertificateDer<'static>>) -> String {
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let mut pem = String::new();
+    for cert in certs {
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        pem.push_str(&base64.encode(cert.as_ref()));
+        pem.push_str("\n-----END CERTIFICATE-----\n");
+    }
+    pem
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subjects(store: &RootCertStore) -> Vec<String> {
+        store
+            .roots
+            .iter()
+            .map(|anchor| String::from_utf8_lossy(anchor.subject.as_ref()).into_owned())
+            .collect()
+    }
+
+    /// The roots the two services' certificates chain to: Amazon Trust Services (and
+    /// Starfield, which cross-signs it) for AWS; for Gemini, the two Google Trust Services
+    /// roots Google issues web certificates under (GTS Root R1 for RSA, R4 for ECDSA).
+    #[test]
+    fn the_roots_of_aws_and_google_endpoints_are_trusted() {
+        let subjects = subjects(&root_store());
+        for name in [
+            "Amazon Root CA 1",
+            "Amazon Root CA 2",
+            "Amazon Root CA 3",
+            "Amazon Root CA 4",
+            "Starfield Services Root Certificate Authority - G2",
+            "GTS Root R1",
+            "GTS Root R4",
+        ] {
+            assert!(
+                subjects.iter().any(|s| s.contains(name)),
+                "{name} is not among the {} trusted roots",
+                subjects.len()
+            );
+        }
+    }
+
+    #[test]
+    fn every_root_parses_and_the_pem_form_holds_the_same_roots() {
+        let store = root_store();
+        assert_eq!(
+            store.len(),
+            roots().len(),
+            "a compiled-in root did not parse"
+        );
+        let from_pem: Vec<CertificateDer<'static>> =
+            rustls::pki_types::pem::PemObject::pem_slice_iter(pem(roots().iter()).as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("valid PEM");
+        assert_eq!(from_pem, roots());
+    }
+
+    /// Amazon Root CA 1 to 4 and the Starfield root, and nothing else: a name match that
+    /// went wrong would either leave AWS endpoints untrusted or hand the SDK the whole set.
+    #[test]
+    fn the_aws_client_trusts_amazon_trust_services_roots_only() {
+        let certs: Vec<CertificateDer<'static>> =
+            rustls::pki_types::pem::PemObject::pem_slice_iter(aws_roots_pem().as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("valid PEM");
+        let mut store = RootCertStore::empty();
+        store.add_parsable_certificates(certs);
+        let mut subjects = subjects(&store);
+        subjects.sort();
+        let expected = [
+            "Amazon Root CA 1",
+            "Amazon Root CA 2",
+            "Amazon Root CA 3",
+            "Amazon Root CA 4",
+            "Starfield Services Root Certificate Authority - G2",
+        ];
+        assert_eq!(
+            subjects.len(),
+            expected.len(),
+            "roots handed to the AWS client"
+        );
+        for (subject, name) in subjects.iter().zip(expected) {
+            assert!(subject.contains(name), "{subject:?} is not {name}");
+        }
+    }
+}
