@@ -400,6 +400,65 @@ impl GeminiConfig {
     }
 }
 
+/// The WebSocket API (chat function only).
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    /// What clients connect to (`WEBSOCKET_URL`, e.g. `wss://…/prod`); unset: no
+    /// WebSocket API, and `POST /api/ws-ticket/` answers 404.
+    pub url: Option<String>,
+    /// The `@connections` API (`WEBSOCKET_MANAGEMENT_ENDPOINT`); unset: learnt from the
+    /// first WebSocket event's domain and stage.
+    pub management_endpoint: Option<String>,
+    /// How long a ticket may wait for its `$connect` (`WEBSOCKET_TICKET_SECS`, default and
+    /// most 60).
+    pub ticket_ttl: Duration,
+    /// Open connections one user may hold (`WEBSOCKET_MAX_CONNECTIONS`, default 10).
+    pub max_per_user: usize,
+    /// How often a running chat looks for a cancel (`WEBSOCKET_CANCEL_POLL_MS`, default
+    /// 250: four small reads a second while an answer streams).
+    pub cancel_poll: Duration,
+    /// The least time between two delta frames (`WEBSOCKET_FRAME_INTERVAL_MS`, default
+    /// 50: at most 20 billed messages a second).
+    pub frame_interval: Duration,
+}
+
+impl SocketConfig {
+    /// API Gateway closes a connection after two hours; its items live a little longer.
+    pub const CONNECTION_LIFE: Duration = Duration::from_secs(2 * 3600 + 600);
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            url: optional("WEBSOCKET_URL"),
+            management_endpoint: optional("WEBSOCKET_MANAGEMENT_ENDPOINT"),
+            ticket_ttl: Duration::from_secs(in_range("WEBSOCKET_TICKET_SECS", 60, 1..=60)?),
+            max_per_user: in_range("WEBSOCKET_MAX_CONNECTIONS", 10, 1..=100)?,
+            cancel_poll: Duration::from_millis(in_range(
+                "WEBSOCKET_CANCEL_POLL_MS",
+                250,
+                50..=5000,
+            )?),
+            frame_interval: Duration::from_millis(in_range(
+                "WEBSOCKET_FRAME_INTERVAL_MS",
+                50,
+                0..=1000,
+            )?),
+        })
+    }
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            management_endpoint: None,
+            ticket_ttl: Duration::from_secs(60),
+            max_per_user: 10,
+            cancel_poll: Duration::from_millis(250),
+            frame_interval: Duration::from_millis(50),
+        }
+    }
+}
+
 /// A positive number of milliseconds.
 fn millis_or(var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
     let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
