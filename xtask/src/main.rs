@@ -23,9 +23,10 @@ use shared::{audit, domain::Username, store::Store};
 
 mod bench_history;
 mod bench_stream;
+mod bench_ws;
 mod cold_start;
 
-const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY";
+const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY\n       cargo xtask bench-ws [--runs N] CHAT_BINARY";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -35,6 +36,7 @@ async fn main() -> ExitCode {
         Some("cold-start") => cold_start::run(&args[1..]).await,
         Some("bench-history") => bench_history::run(&args[1..]).await,
         Some("bench-stream") => bench_stream::run(&args[1..]).await,
+        Some("bench-ws") => bench_ws::run(&args[1..]).await,
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
