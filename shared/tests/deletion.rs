@@ -14,10 +14,7 @@ use common::*;
 use lambda_http::{Body, Response};
 use serde_json::{Value, json};
 use shared::{App, ChatApp, audit, store::RetryPolicy};
-use testkit::{
-    Behavior, GeminiStandIn,
-    faults::{Fault, FaultProxy, Rule},
-};
+use testkit::{Behavior, GeminiStandIn, faults::FaultProxy};
 
 /// The answer's record: a chat item `PutItem` that carries a response.
 const ANSWER_RECORD: &str = "\"response\"";
@@ -84,13 +81,11 @@ async fn a_settle_landing_after_the_account_is_deleted_never_reaches_the_names_n
     let store = &race.direct.app.store;
     let token = user_token(&race.direct.app, "john").await;
     // The answer's record is held past the settle's retries; its close lands.
-    race.proxy.set_rules([
-        Rule::new(Some("PutItem"), 1.0, Fault::Hold).when_body_contains(ANSWER_RECORD)
-    ]);
+    let held = race.proxy.hold("PutItem", ANSWER_RECORD);
     let (proxied, old) = (race.proxied.clone(), token.clone());
     let chatting =
         tokio::spawn(async move { chat(&proxied, &old, "my secret question").await.status() });
-    race.proxy.wait_until_held(1, Duration::from_secs(20)).await;
+    held.arrived(1).await;
     until("the charge to close", || async {
         store.user("john").await.unwrap().unwrap().open.is_empty()
     })
@@ -110,9 +105,7 @@ async fn a_settle_landing_after_the_account_is_deleted_never_reaches_the_names_n
 
     // The old chat's answer was paid (its close landed); its record lands only now.
     assert_eq!(chatting.await.unwrap(), 200);
-    race.proxy.set_rules([]);
-    race.proxy.release();
-    race.proxy.wait_until_landed(Duration::from_secs(20)).await;
+    held.land().await;
 
     // The new owner sees nothing of it: history, conversations, balance, books.
     let chats = store.chats("john").await.unwrap();
@@ -207,9 +200,7 @@ async fn an_answer_record_landing_after_its_conversation_was_deleted_loses_its_t
     let id = first["conversation_id"].as_str().unwrap().to_owned();
 
     // The next answer is counted in the conversation, but its record is held.
-    race.proxy.set_rules([
-        Rule::new(Some("PutItem"), 1.0, Fault::Hold).when_body_contains(ANSWER_RECORD)
-    ]);
+    let held = race.proxy.hold("PutItem", ANSWER_RECORD);
     let (proxied, t, body) = (
         race.proxied.clone(),
         token.clone(),
@@ -219,7 +210,7 @@ async fn an_answer_record_landing_after_its_conversation_was_deleted_loses_its_t
         let req = event("POST", "/api/chat/", Some(&t), Some(&body));
         chat_request(&proxied, req).await.status()
     });
-    race.proxy.wait_until_held(1, Duration::from_secs(20)).await;
+    held.arrived(1).await;
     let account = account(&race.direct.app, "john").await;
     let conversation = shared::domain::ConversationId::parse(&id).unwrap();
     until("the answer to be counted", || async {
@@ -241,9 +232,7 @@ async fn an_answer_record_landing_after_its_conversation_was_deleted_loses_its_t
     );
     let deleting = tokio::spawn(async move { call(&app, "DELETE", &path, &t).await.status() });
     assert_eq!(chatting.await.unwrap(), 200);
-    race.proxy.set_rules([]);
-    race.proxy.release();
-    race.proxy.wait_until_landed(Duration::from_secs(20)).await;
+    held.land().await;
     assert_eq!(deleting.await.unwrap(), 204);
 
     assert!(!table_text(&race.direct.app).await.contains("secret"));

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::Value;
 use shared::store::ChargeState;
@@ -63,9 +61,9 @@ async fn a_settle_that_cannot_land_is_refunded_for_good_before_the_503() {
     );
     // The answer's record is held (every attempt), to land after the retries gave up;
     // the close is throttled throughout.
+    let held = proxy.hold("PutItem", ANSWER_RECORD);
     proxy.set_rules([
-        Rule::new(Some("PutItem"), 1.0, Fault::Hold).when_body_contains(ANSWER_RECORD),
-        Rule::new(Some("UpdateItem"), 1.0, Fault::Throttling).when_body_contains(KEEP_CLOSE),
+        Rule::new(Some("UpdateItem"), 1.0, Fault::Throttling).when_body_contains(KEEP_CLOSE)
     ]);
 
     let resp = chat_with_key(&chat_app, &token, "hello", "k-1").await;
@@ -76,12 +74,14 @@ async fn a_settle_that_cannot_land_is_refunded_for_good_before_the_503() {
         body["detail"].as_str().unwrap().contains("not charged"),
         "{body}"
     );
-    assert!(proxy.held() >= 1, "the answer's record is still on its way");
+    assert!(
+        held.unanswered() >= 1,
+        "the answer's record is still on its way"
+    );
 
     // Now the held answer records land: too late to charge anything.
     proxy.set_rules([]);
-    proxy.release();
-    proxy.wait_until_landed(Duration::from_secs(5)).await;
+    held.land().await;
     let chats = chat_app.app.store.chats("john").await.unwrap();
     assert_eq!(chats.len(), 1);
     assert_eq!(chats[0].state, ChargeState::Refunded, "{:?}", chats[0]);
@@ -106,9 +106,9 @@ async fn a_streamed_answer_whose_settle_cannot_land_says_it_was_not_charged() {
         &direct,
         store_through(&proxy, direct.app.store.table()).await,
     );
+    let held = proxy.hold("PutItem", ANSWER_RECORD);
     proxy.set_rules([
-        Rule::new(Some("PutItem"), 1.0, Fault::Hold).when_body_contains(ANSWER_RECORD),
-        Rule::new(Some("UpdateItem"), 1.0, Fault::Throttling).when_body_contains(KEEP_CLOSE),
+        Rule::new(Some("UpdateItem"), 1.0, Fault::Throttling).when_body_contains(KEEP_CLOSE)
     ]);
     let events = stream_events(&chat_app, &token, "hello").await;
     let (name, data) = events.last().unwrap();
@@ -117,8 +117,7 @@ async fn a_streamed_answer_whose_settle_cannot_land_says_it_was_not_charged() {
     assert_eq!(data["charged"], false, "{data}");
     assert_eq!(data["tokens_remaining"], 4000, "{data}");
     proxy.set_rules([]);
-    proxy.release();
-    proxy.wait_until_landed(Duration::from_secs(5)).await;
+    held.land().await;
     assert_eq!(balance(&chat_app.app, &token).await, 4000);
     assert_books_balance(&chat_app.app, "john").await;
 }

@@ -5,16 +5,15 @@
 //! (point `AWS_ENDPOINT_URL_DYNAMODB` at [`FaultProxy::url`]) and forwards every request,
 //! except that requests matching a [`Rule`] are, at the rule's rate, answered with one
 //! of AWS's error responses instead — or forwarded and *then* answered with a 500, as
-//! when DynamoDB applied a write but its answer was lost — or held until the test
-//! releases them ([`Fault::Hold`], [`FaultProxy::release`]), so that a write lands at a
-//! moment the test chooses, after the caller has given up on it.
+//! when DynamoDB applied a write but its answer was lost.
 //!
 //! The error bodies are DynamoDB's JSON 1.0 protocol errors, so the SDK parses them as
 //! it would on AWS (`__type` names the exception).
 //!
 //! A [`Hold`] stops matching requests at the proxy until the test releases them: the
 //! way to land another request in between a request's read and its write, on purpose
-//! and every time.
+//! and every time — or to land a write at a moment the test chooses, after its caller
+//! has given up on it (a held request reaches DynamoDB even if its caller hung up).
 
 use std::{
     net::SocketAddr,
@@ -52,10 +51,6 @@ pub enum Fault {
     AppliedThenLost,
     /// The answer comes after this long (to exceed attempt timeouts), then as usual.
     Delay(Duration),
-    /// The request waits until [`FaultProxy::release`], then reaches DynamoDB Local and
-    /// is answered as usual. A caller whose attempt timed out meanwhile gets nothing, yet
-    /// the request is still applied: a write that lands late, when the test says.
-    Hold,
 }
 
 /// Which requests a fault applies to, and how often.
@@ -97,14 +92,12 @@ struct Shared {
     /// Every request's operation, in arrival order, until [`FaultProxy::take_operations`].
     operations: Mutex<Vec<String>>,
     holds: Mutex<Vec<Arc<HoldState>>>,
-    /// Held requests wait for this to move past the value they saw on arrival.
-    releases: watch::Sender<u64>,
-    /// Requests held and not yet released.
-    held: AtomicUsize,
 }
 
 /// Requests held at the proxy until [`Hold::release`] (or until the `Hold` is dropped,
-/// so a failing test can't leave them hanging).
+/// so a failing test can't leave them hanging). Every attempt of a matching request is
+/// held, retries included; once released, they and any later ones go on to the rules
+/// and DynamoDB Local.
 pub struct Hold {
     state: Arc<HoldState>,
 }
@@ -114,19 +107,45 @@ struct HoldState {
     body_contains: &'static str,
     /// How many matching requests have arrived.
     arrived: watch::Sender<usize>,
+    /// How many of them have not been answered yet.
+    unanswered: watch::Sender<usize>,
     released: watch::Sender<bool>,
 }
 
+/// The longest a test waits for held requests to arrive or land.
+const PATIENCE: Duration = Duration::from_secs(30);
+
 impl Hold {
-    /// Waits until `count` matching requests are being held (or were, before a release).
+    /// Waits until `count` matching requests are being held (or were, before a release):
+    /// how a test knows the request it holds was sent, without sleeping.
     pub async fn arrived(&self, count: usize) {
         let mut arrived = self.state.arrived.subscribe();
-        let _ = arrived.wait_for(|n| *n >= count).await;
+        tokio::time::timeout(PATIENCE, arrived.wait_for(|n| *n >= count))
+            .await
+            .unwrap_or_else(|_| panic!("{count} requests were not held within {PATIENCE:?}"))
+            .ok();
+    }
+
+    /// Matching requests held and not yet answered: waiting, or released and still on
+    /// their way to DynamoDB Local.
+    pub fn unanswered(&self) -> usize {
+        *self.state.unanswered.borrow()
     }
 
     /// Lets the held requests, and any later ones, go on to DynamoDB Local.
     pub fn release(&self) {
         self.state.released.send_replace(true);
+    }
+
+    /// Releases the held requests and waits until DynamoDB Local has answered every one
+    /// (their callers may have hung up long ago).
+    pub async fn land(&self) {
+        self.release();
+        let mut unanswered = self.state.unanswered.subscribe();
+        tokio::time::timeout(PATIENCE, unanswered.wait_for(|n| *n == 0))
+            .await
+            .unwrap_or_else(|_| panic!("held requests had not landed within {PATIENCE:?}"))
+            .ok();
     }
 }
 
@@ -168,8 +187,6 @@ impl FaultProxy {
             injected: AtomicUsize::new(0),
             operations: Mutex::new(Vec::new()),
             holds: Mutex::new(Vec::new()),
-            releases: watch::Sender::new(0),
-            held: AtomicUsize::new(0),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -209,6 +226,7 @@ impl FaultProxy {
             operation,
             body_contains,
             arrived: watch::Sender::new(0),
+            unanswered: watch::Sender::new(0),
             released: watch::Sender::new(false),
         });
         self.shared.holds.lock().unwrap().push(state.clone());
@@ -223,41 +241,6 @@ impl FaultProxy {
     /// Requests that reached DynamoDB Local.
     pub fn forwarded(&self) -> usize {
         self.shared.forwarded.load(Ordering::SeqCst)
-    }
-
-    /// Requests held by a [`Fault::Hold`] rule and not yet through: waiting, or
-    /// released and still on their way to DynamoDB Local.
-    pub fn held(&self) -> usize {
-        self.shared.held.load(Ordering::SeqCst)
-    }
-
-    /// Waits until at least `count` requests are held (at most `within`): how a test
-    /// knows the write it holds was sent, without sleeping.
-    pub async fn wait_until_held(&self, count: usize, within: Duration) {
-        self.wait_for_held(|held| held >= count, within).await
-    }
-
-    /// Waits until every released request has reached DynamoDB Local and been answered.
-    pub async fn wait_until_landed(&self, within: Duration) {
-        self.wait_for_held(|held| held == 0, within).await
-    }
-
-    async fn wait_for_held(&self, done: impl Fn(usize) -> bool, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        while !done(self.held()) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "still {} requests held after {within:?}",
-                self.held()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Lets every request held so far through to DynamoDB Local, in arrival order of
-    /// their wake-up. Requests held later wait for the next release.
-    pub fn release(&self) {
-        self.shared.releases.send_modify(|n| *n += 1);
     }
 
     /// The operations asked for since the last call (`GetItem`, `UpdateItem`…), in the
@@ -317,14 +300,38 @@ async fn handle(
             .find(|h| h.operation == operation && text.contains(h.body_contains))
             .cloned()
     };
-    if let Some(hold) = hold {
-        let mut released = hold.released.subscribe();
-        hold.arrived.send_modify(|n| *n += 1);
-        let _ = released.wait_for(|open| *open).await;
+    match hold {
+        None => answer(&shared, operation, method, uri, headers, body).await,
+        // A held request reaches DynamoDB when released even if its caller has hung up
+        // meanwhile: the wait and the forwarding run apart from this connection.
+        Some(hold) => {
+            hold.arrived.send_modify(|n| *n += 1);
+            hold.unanswered.send_modify(|n| *n += 1);
+            let shared = shared.clone();
+            detached(async move {
+                let mut released = hold.released.subscribe();
+                let _ = released.wait_for(|open| *open).await;
+                let answer = answer(&shared, operation, method, uri, headers, body).await;
+                hold.unanswered.send_modify(|n| *n -= 1);
+                answer
+            })
+            .await
+        }
     }
+}
+
+/// The fault a request gets by the rules, or DynamoDB Local's answer.
+async fn answer(
+    shared: &Arc<Shared>,
+    operation: String,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let fault = shared.fault_for(&operation, &body);
     match fault {
-        None => forward(&shared, method, &uri, &headers, body).await,
+        None => forward(shared, method, &uri, &headers, body).await,
         // A late request still reaches DynamoDB when its caller has hung up: the wait and
         // the forwarding run apart from this connection, which may be dropped meanwhile.
         Some(Fault::Delay(pause)) => {
@@ -336,23 +343,9 @@ async fn handle(
             })
             .await
         }
-        Some(Fault::Hold) => {
-            shared.injected.fetch_add(1, Ordering::SeqCst);
-            let mut releases = shared.releases.subscribe();
-            let seen = *releases.borrow_and_update();
-            shared.held.fetch_add(1, Ordering::SeqCst);
-            let late = shared.clone();
-            detached(async move {
-                let _ = releases.wait_for(|n| *n > seen).await;
-                let answer = forward(&late, method, &uri, &headers, body).await;
-                late.held.fetch_sub(1, Ordering::SeqCst);
-                answer
-            })
-            .await
-        }
         Some(Fault::AppliedThenLost) => {
             shared.injected.fetch_add(1, Ordering::SeqCst);
-            let _ = forward(&shared, method, &uri, &headers, body).await;
+            let _ = forward(shared, method, &uri, &headers, body).await;
             aws_error(500, "InternalServerError", "Internal server error")
         }
         Some(fault) => {
