@@ -407,3 +407,26 @@ async fn an_unknown_action_or_bad_json_is_an_error_frame_and_the_connection_stay
     );
     assert_eq!(ws.setup.shown_balance().await, 4000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logged_out_session_loses_its_tickets_and_its_connections() {
+    let ws = ws(&[]).await;
+    let mut client = ws.connect(&ws.setup.token).await;
+    let spare = ws.ticket(&ws.setup.token).await;
+    ws.setup.log_out().await;
+
+    client.send(json!({ "action": "balance" })).await;
+    let frame = client.next(WAIT).await.expect("told why");
+    assert_eq!(frame["code"], "invalid_token", "{frame}");
+    assert_eq!(client.next(WAIT).await, None, "closed by the server");
+    let url = format!(
+        "{}?ticket={}",
+        ws.gateway.url(),
+        spare["ticket"].as_str().unwrap()
+    );
+    assert_eq!(
+        Client::connect(&url).await.err(),
+        Some(401),
+        "its ticket is refused"
+    );
+}

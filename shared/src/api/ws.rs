@@ -192,6 +192,10 @@ async fn message(chat_app: &ChatApp, id: &ConnectionId, body: &[u8]) {
     };
     if let Err((err, request_id)) = handled {
         out.error(request_id.as_deref(), &err, None).await;
+        if matches!(err, ApiError::InvalidToken | ApiError::TokenExpired) {
+            // Its session is over: so is the connection, once it was told why.
+            return sockets(chat_app).hang_up(id).await;
+        }
     }
     if out.gone() {
         // The client left: its connection is forgotten (its `$disconnect` may never come).
@@ -204,7 +208,7 @@ fn truncated(text: &str) -> String {
 }
 
 /// The caller's session, checked at each message: a logged-out session's connection
-/// stops working (and is closed).
+/// stops working (and is closed, see [`message`]).
 async fn caller(chat_app: &ChatApp, out: &Outbox<'_>) -> Result<Authed, ApiError> {
     Ok(sockets(chat_app).caller(out.id).await?)
 }

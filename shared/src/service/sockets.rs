@@ -184,25 +184,14 @@ impl<'a> Sockets<'a> {
             .socket(id.as_str())
             .await?
             .ok_or(SocketError::UnknownConnection)?;
-        match self.accounts().session_of(&owner).await {
-            Ok(authed) => Ok(authed),
-            Err(e) => {
-                let err = SocketError::from(e);
-                if matches!(err, SocketError::SessionEnded { .. }) {
-                    // The session is over: so is its connection.
-                    let (closed, forgot) = tokio::join!(
-                        self.connections.close(id),
-                        self.store.close_socket(&owner.account, id.as_str()),
-                    );
-                    if let Err(e) = closed {
-                        tracing::warn!(connection = %id, error = %Chain(&e), "could not close a connection");
-                    }
-                    if let Err(e) = forgot {
-                        tracing::warn!(connection = %id, error = %Chain(&e), "could not forget a connection");
-                    }
-                }
-                Err(err)
-            }
+        Ok(self.accounts().session_of(&owner).await?)
+    }
+
+    /// Closes connection `id` from the server's side (its session ended) and forgets it.
+    pub async fn hang_up(&self, id: &ConnectionId) {
+        let (closed, ()) = tokio::join!(self.connections.close(id), self.disconnect(id));
+        if let Err(e) = closed {
+            tracing::warn!(connection = %id, error = %Chain(&e), "could not close a connection");
         }
     }
 
