@@ -73,6 +73,8 @@ pub enum Invoker {
 
 impl Invoker {
     pub fn http(url: impl Into<String>) -> Self {
+        // reqwest is built without a TLS provider of its own (the project's is ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Self::Http {
             url: url.into(),
             client: reqwest::Client::new(),
