@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """End to end: start the local API the way the README does (scripts/dev), drive
 register -> login -> chat -> tokens over HTTP on loopback, chat over the WebSocket API
-with a real WebSocket client (scripts/e2e_ws.py), run the contract test (schemathesis
-against openapi.yaml) on the same API, stop it as Ctrl-C would, and check that nothing it
-started is still running. Standard library only; schemathesis and `websockets` run from
-their own virtualenvs under .local/."""
+with a real WebSocket client (scripts/e2e_ws.py), use the chat page in a real browser
+(scripts/browser_test.py: headless Chromium, the page's own origin and two others for
+CORS), run the contract test (schemathesis against openapi.yaml) on the same API, stop it
+as Ctrl-C would, and check that nothing it started is still running. Standard library
+only; schemathesis, `websockets` and Selenium run from their own virtualenvs under
+.local/."""
 
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +20,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+
+import browser_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_TIMEOUT = 900  # a cold machine compiles the functions first
@@ -196,7 +201,13 @@ def leftovers(markers):
 def main():
     ports = {"DYNAMODB_PORT": free_port(), "API_PORT": free_port(), "GEMINI_STANDIN_PORT": free_port(),
              "WS_PORT": free_port(), "WS_MANAGEMENT_PORT": free_port()}
-    env = dict(os.environ, TABLE_NAME=f"e2e-{os.getpid()}", **{k: str(v) for k, v in ports.items()})
+    # A frontend on another origin that the API lets in (the CORS test); a second one on
+    # another free port is not on the list.
+    frontend_port = free_port()
+    # CHATS_PER_MINUTE: the browser test writes a long history (41 chats) for one user
+    # within a minute to page through; the rate limit itself is tested in the Rust suites.
+    env = dict(os.environ, TABLE_NAME=f"e2e-{os.getpid()}", CORS_ALLOWED_ORIGINS=f"http://127.0.0.1:{frontend_port}",
+               CHATS_PER_MINUTE="100", **{k: str(v) for k, v in ports.items()})
     for var in ("GEMINI_API_KEY", "GEMINI_BASE_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
         env.pop(var, None)  # exactly what a newcomer's shell has: no key, no endpoint
     base = f"http://127.0.0.1:{ports['API_PORT']}"
@@ -205,10 +216,18 @@ def main():
     r.check("schemathesis installs", failed_install is None, failed_install)
     failed_ws_install = install(WEBSOCKETS_VENV, "websockets", WEBSOCKETS_VERSION)
     r.check("websockets installs", failed_ws_install is None, failed_ws_install)
+    failed_browser = browser_test.install()
+    r.check("the browser tools install (chromium, chromium-driver, selenium, axe-core)", failed_browser is None,
+            failed_browser)
+    profile = tempfile.mkdtemp(prefix="e2e-chromium-")  # the browser's, and how its processes are found
+    frontends = []
     log = tempfile.NamedTemporaryFile("w+", prefix="e2e-dev-", suffix=".log", delete=False)
     print(f"e2e: starting scripts/dev (log {log.name})")
+    # SIGINT as a terminal delivers it: a shell that starts a job in the background (CI, `&`)
+    # passes SIGINT down ignored, and a shell can't trap a signal ignored at its start.
     dev = subprocess.Popen(["scripts/dev"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                           stdin=subprocess.DEVNULL, start_new_session=True)
+                           stdin=subprocess.DEVNULL, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     r.log = log.name
     try:
         deadline = time.time() + START_TIMEOUT
@@ -304,6 +323,16 @@ def main():
         status, _, body = call(base, "GET", "/api/tokens/", token=token)
         r.check("a logged-out token is 401", status == 401 and body.get("code") == "invalid_token", (status, body))
 
+        # The chat page, in a browser; and from two other origins, one listed.
+        if failed_browser is None:
+            site = browser_test.frontend_dir()
+            frontends = [browser_test.serve_frontend(site, frontend_port), browser_test.serve_frontend(site)]
+            browser_test.run(r, base, [f.server_address[1] for f in frontends], profile)
+            for server in frontends:
+                server.shutdown()
+                server.server_close()
+            shutil.rmtree(site, ignore_errors=True)
+
         # The contract: openapi.yaml against the running API, every served operation. All
         # users sign in first: the runs' failed logins use up this address's login budget.
         # Operations that end the session or the account get their own user, one session
@@ -340,8 +369,9 @@ def main():
         still_open = [name for name, port in ports.items() if port_open(port)]
         r.check("no port left open", not still_open, still_open)
         stray = leftovers([f"127.0.0.1:{p}" for p in ports.values()] + [f"-port {ports['DYNAMODB_PORT']}",
-                                                                       f"--invoke-port {ports['API_PORT']}"])
+                                                                       f"--invoke-port {ports['API_PORT']}", profile])
         r.check("no process left running", not stray, stray)
+        shutil.rmtree(profile, ignore_errors=True)
     return r
 
 

@@ -41,6 +41,9 @@ pub struct Config {
     /// How DynamoDB calls are timed and retried (`DYNAMODB_ATTEMPT_TIMEOUT_MS`, default
     /// 500; `DYNAMODB_RETRY_BUDGET_MS`, default 1200; `DYNAMODB_MAX_ATTEMPTS`, default 6).
     pub store_retry: RetryPolicy,
+    /// Origins of web pages hosted elsewhere that may call this API from a browser
+    /// (`CORS_ALLOWED_ORIGINS`, exact origins, comma-separated; empty: same origin only).
+    pub cors: AllowedOrigins,
 }
 
 /// Throttle limits. Counters live in the table, so they hold across instances.
@@ -160,6 +163,47 @@ impl Limits {
     }
 }
 
+/// Exact origins (`https://chat.example.com`, `http://localhost:5173`) whose pages may
+/// call the API from a browser. No wildcard: each must be named, so a token never reaches
+/// a page nobody chose.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedOrigins(Vec<String>);
+
+impl AllowedOrigins {
+    /// A comma-separated list; blanks are skipped. Each entry is `http(s)://host[:port]`
+    /// with no path, as a browser writes its `Origin` header (scheme and host lower-cased).
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let mut origins = Vec::new();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let origin = entry.to_ascii_lowercase();
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                .ok_or_else(|| format!("{entry:?} is not an http(s) origin"))?;
+            let valid = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+            if !valid {
+                return Err(format!(
+                    "{entry:?} is not an origin (scheme://host[:port], no path, no wildcard)"
+                ));
+            }
+            origins.push(origin);
+        }
+        Ok(Self(origins))
+    }
+
+    /// Whether a request's `Origin` header names one of the allowed origins.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.0.iter().any(|o| o == origin)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Settings of the Gemini client, read only by the chat function.
 #[derive(Debug, Clone)]
 pub struct GeminiConfig {
@@ -257,6 +301,11 @@ impl Config {
             charge_timeout: Duration::from_secs(parse_or("CHARGE_TIMEOUT_SECS", 60u64)?),
             function_timeout: Duration::from_secs(parse_or("FUNCTION_TIMEOUT_SECS", 29u64)?),
             store_retry,
+            cors: AllowedOrigins::parse(&optional("CORS_ALLOWED_ORIGINS").unwrap_or_default())
+                .map_err(|reason| ConfigError {
+                    var: "CORS_ALLOWED_ORIGINS",
+                    reason,
+                })?,
         };
         config.check()?;
         Ok(config)

@@ -291,6 +291,14 @@ impl StreamBody {
     }
 }
 
+impl Default for StreamBody {
+    /// An empty body (a preflight's answer).
+    fn default() -> Self {
+        let (_, rx) = mpsc::channel(1);
+        Self { rx }
+    }
+}
+
 impl BodySender {
     /// Queues `bytes`; waits while the reader is behind. `false`: the reader is gone.
     pub async fn send(&self, bytes: impl Into<Bytes>) -> bool {

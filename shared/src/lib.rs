@@ -10,6 +10,7 @@ pub mod auth;
 pub mod aws;
 pub mod config;
 pub mod connections;
+pub mod cors;
 pub mod domain;
 pub mod error;
 pub mod gemini;

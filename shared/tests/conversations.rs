@@ -720,3 +720,85 @@ async fn a_page_of_messages_is_full_even_when_refunded_chats_sit_between() {
     assert_eq!(rest["messages"][0]["message"], "three");
     assert_eq!(rest["messages"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_reader_opening_a_conversation_gets_the_latest_messages_first_and_pages_back() {
+    let standin = GeminiStandIn::start().await;
+    let chat_app = chat_app(&standin).await;
+    let token = user_token(&chat_app.app, "john").await;
+    let mut id = Value::Null;
+    for i in 0..5 {
+        let body = json!({"message": format!("m{i}"), "conversation_id": id});
+        id = answered(&chat_body(&chat_app, &token, body).await)["conversation_id"].clone();
+    }
+    let base = format!("/api/conversations/{}/messages/", id.as_str().unwrap());
+    let texts = |page: &Value| -> Vec<String> {
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["message"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = json_of(
+        &call(
+            &chat_app,
+            "GET",
+            &format!("{base}?order=newest&limit=2"),
+            &token,
+            None,
+        )
+        .await,
+    );
+    assert_eq!(texts(&first), ["m4", "m3"], "the latest first");
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let second = json_of(
+        &call(
+            &chat_app,
+            "GET",
+            &format!("{base}?order=newest&limit=2&cursor={cursor}"),
+            &token,
+            None,
+        )
+        .await,
+    );
+    assert_eq!(texts(&second), ["m2", "m1"], "then the ones before");
+    let cursor2 = second["next_cursor"].as_str().unwrap().to_owned();
+    let last = json_of(
+        &call(
+            &chat_app,
+            "GET",
+            &format!("{base}?order=newest&limit=2&cursor={cursor2}"),
+            &token,
+            None,
+        )
+        .await,
+    );
+    assert_eq!(texts(&last), ["m0"]);
+    assert!(last["next_cursor"].is_null());
+
+    // A cursor keeps its direction: a newest-first one is refused for oldest-first pages.
+    let resp = call(
+        &chat_app,
+        "GET",
+        &format!("{base}?limit=2&cursor={cursor}"),
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 400, "{}", json_of(&resp));
+    assert_eq!(json_of(&resp)["field"], "cursor");
+    let resp = call(
+        &chat_app,
+        "GET",
+        &format!("{base}?order=sideways"),
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(json_of(&resp)["field"], "order");
+    // The default is unchanged: oldest first.
+    let page = json_of(&call(&chat_app, "GET", &format!("{base}?limit=2"), &token, None).await);
+    assert_eq!(texts(&page), ["m0", "m1"]);
+}

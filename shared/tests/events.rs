@@ -42,8 +42,8 @@ async fn every_sample_event_gets_its_documented_status() {
         let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
         let req = lambda_http::request::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
         let resp = match entry["function"].as_str().unwrap() {
-            "register" => api::register::handle(&chat_app.app, req).await.unwrap(),
-            "login" => api::sessions::route(&chat_app.app, req).await.unwrap(),
+            "register" => api::register_function(&chat_app.app, req).await.unwrap(),
+            "login" => api::login_function(&chat_app.app, req).await.unwrap(),
             "tokens" => api::tokens_function(&chat_app.app, req).await.unwrap(),
             "chat" => {
                 let resp = api::chat_function(&chat_app, req).await.unwrap();

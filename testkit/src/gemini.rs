@@ -6,6 +6,9 @@
 //! 2. a directive in the text of the LAST user message of `contents` (earlier turns may
 //!    hold old directives and are ignored), such as `[standin:503]`:
 //!    - `answer`; `long` or `long=<words>`: a long answer; `slow=<ms>`: answer after a pause
+//!    - `hostile`: an answer in Markdown that also carries hostile HTML (an `<img
+//!      onerror>`, a `<script>`, `javascript:` links, a remote image, an iframe), for
+//!      clients that must render answers safely ([`HOSTILE_ANSWER`])
 //!    - `400` … `599`: Google's error JSON with that status; `429` / `ratelimit`: quota
 //!      exhausted, `RetryInfo.retryDelay` "1s"; `retrydelay=<raw>`: 429 whose
 //!      `retryDelay` is exactly `<raw>` (a JSON value if it parses as one, else a string)
@@ -74,6 +77,8 @@ pub enum Behavior {
     NoCandidates,
     /// A canned answer of about this many words.
     LongAnswer { words: usize },
+    /// [`HOSTILE_ANSWER`]: Markdown, and HTML that must never run in a page.
+    Hostile,
     /// Streamed: this many chunks, then the connection breaks. Buffered: the connection
     /// breaks in the middle of the body.
     DropAfter(usize),
@@ -104,6 +109,7 @@ impl Behavior {
         let count = || arg?.parse::<usize>().ok();
         Some(match (name, arg) {
             ("answer", None) => Self::Answer,
+            ("hostile", None) => Self::Hostile,
             ("ratelimit", None) => Self::RateLimited {
                 retry_delay_secs: 1.0,
             },
@@ -455,6 +461,7 @@ async fn handle(
     let (full, end) = match behavior {
         Behavior::Answer => (answer(None), End::Finish),
         Behavior::LongAnswer { words } => (answer(Some(words)), End::Finish),
+        Behavior::Hostile => (answer_text(model, &all_text, HOSTILE_ANSWER), End::Finish),
         Behavior::Slow(pause) => {
             tokio::time::sleep(pause).await;
             (answer(None), End::Finish)
@@ -671,13 +678,41 @@ fn answer(model: &str, message: &str, prompt: &str, long: Option<usize>) -> Valu
             text.push_str(word);
         }
     }
+    answer_text(model, prompt, &text)
+}
+
+/// What `[standin:hostile]` answers: Markdown a chat page should render (emphasis, a
+/// list, a code block, a link), and HTML and links that must stay inert there. Each
+/// attack would set `window.__pwned` if it ran.
+pub const HOSTILE_ANSWER: &str =
+    "[canned answer from the local Gemini stand-in] Here is **bold**, a list and some code:
+
+- first item
+- second item
+
+```
+fn main() { println!(\"<b>not bold</b>\"); }
+```
+
+A [safe link](https://example.com/docs) and a [bad link](javascript:window.__pwned='md-link').
+
+<img src=x onerror=\"window.__pwned='img'\">
+<script>window.__pwned='script'</script>
+<a href=\"javascript:window.__pwned='a'\">raw link</a>
+<b onmouseover=\"window.__pwned='hover'\">hover me</b>
+<iframe src=\"https://example.com/\"></iframe>
+![remote image](https://example.com/tracker.png)
+";
+
+/// A whole answer with this text.
+fn answer_text(model: &str, prompt: &str, text: &str) -> Value {
     json!({
         "candidates": [{
             "content": {"parts": [{"text": text}], "role": "model"},
             "finishReason": "STOP",
             "index": 0,
         }],
-        "usageMetadata": usage(prompt, &text),
+        "usageMetadata": usage(prompt, text),
         "modelVersion": model,
         "responseId": format!("standin-{:x}", prompt.len()),
     })
@@ -805,6 +840,7 @@ mod tests {
     fn directives_pick_a_failure() {
         let d = Behavior::from_directive;
         assert_eq!(d("hi [standin:503] there"), Some(Behavior::Status(503)));
+        assert_eq!(d("[standin:hostile]"), Some(Behavior::Hostile));
         assert_eq!(d("[standin:timeout]"), Some(Behavior::Hang));
         assert_eq!(
             d("[standin:slow=20]"),

@@ -10,6 +10,10 @@
 //! first words against the same chat answered as JSON, and the DynamoDB round trips of an
 //! answered chat (see `bench_stream.rs`).
 //!
+//! `cargo xtask bench-page [--runs N]`: the chat page's first visit in bytes (budget
+//! 100 KB), and what gzipping at cold start would cost against build time (see
+//! `bench_page.rs`).
+//!
 //! `cargo xtask audit <username> [--table NAME]`: checks that the account's books
 //! balance (granted = balance + settled + open) on whatever DynamoDB the standard AWS
 //! environment points at (`AWS_ENDPOINT_URL_DYNAMODB` for DynamoDB Local). The table is
@@ -22,11 +26,12 @@ use std::process::ExitCode;
 use shared::{audit, domain::Username, store::Store};
 
 mod bench_history;
+mod bench_page;
 mod bench_stream;
 mod bench_ws;
 mod cold_start;
 
-const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY\n       cargo xtask bench-ws [--runs N] CHAT_BINARY";
+const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY\n       cargo xtask bench-page [--runs N]\n       cargo xtask bench-ws [--runs N] CHAT_BINARY";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -37,6 +42,7 @@ async fn main() -> ExitCode {
         Some("bench-history") => bench_history::run(&args[1..]).await,
         Some("bench-stream") => bench_stream::run(&args[1..]).await,
         Some("bench-ws") => bench_ws::run(&args[1..]).await,
+        Some("bench-page") => bench_page::run(&args[1..]).await,
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)

@@ -7,5 +7,5 @@ use lambda_http::{Error, run, service_fn};
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let app = shared::App::from_env().await?;
-    run(service_fn(|req| shared::api::sessions::route(&app, req))).await
+    run(service_fn(|req| shared::api::login_function(&app, req))).await
 }

@@ -5,7 +5,8 @@
 //! - `PATCH /api/conversations/{id}/` `{"title"}` → the renamed conversation
 //! - `DELETE /api/conversations/{id}/` → 204
 //!
-//! Lists take `?limit=` (1–100, default 20) and `?cursor=` (a `next_cursor`).
+//! Lists take `?limit=` (1–100, default 20) and `?cursor=` (a `next_cursor`); messages
+//! also `?order=oldest` (the default) or `?order=newest`.
 //! Times are epoch milliseconds, as everywhere in this API's stored records.
 
 use lambda_http::{
@@ -18,7 +19,7 @@ use crate::{
     ApiError, App,
     domain::{ConversationId, Title},
     http,
-    service::conversations::Conversations,
+    service::conversations::{Conversations, Order},
     store::{ChatRecord, ConversationRecord},
 };
 
@@ -63,6 +64,10 @@ async fn conversations(app: &App, req: &Request, path: &str) -> Result<Response<
         _ => None,
     };
     let (limit, cursor) = paging(req)?;
+    let order = match &route {
+        Route::Messages(_) => order(req)?,
+        _ => Order::default(),
+    };
     let user = app.authenticate(token).await?.user.account;
     let service = Conversations::new(&app.store, &app.config.conversations);
     match route {
@@ -76,7 +81,7 @@ async fn conversations(app: &App, req: &Request, path: &str) -> Result<Response<
         }
         Route::Messages(id) => {
             let (items, next) = service
-                .messages(&user, &id, limit, cursor.as_deref())
+                .messages(&user, &id, limit, cursor.as_deref(), order)
                 .await?;
             let body = MessageList {
                 messages: items.iter().map(MessageView::from).collect(),
@@ -136,6 +141,18 @@ fn paging(req: &Request) -> Result<(usize, Option<String>), ApiError> {
         .filter(|c| !c.is_empty())
         .map(str::to_owned);
     Ok((limit, cursor))
+}
+
+/// `?order=` of a conversation's messages: `oldest` (default) or `newest` first.
+fn order(req: &Request) -> Result<Order, ApiError> {
+    match req.query_string_parameters().first("order") {
+        None | Some("oldest") => Ok(Order::OldestFirst),
+        Some("newest") => Ok(Order::NewestFirst),
+        Some(_) => Err(ApiError::invalid(
+            "order",
+            "order must be oldest or newest.",
+        )),
+    }
 }
 
 #[derive(Serialize)]

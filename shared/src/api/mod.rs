@@ -1,13 +1,15 @@
 //! The endpoints. Each function's `main` hands every request to one entry point here
-//! (`register::handle`, `sessions::route`, [`chat_function`], [`tokens_function`]): it
-//! never fails at the Lambda level, every outcome is an HTTP response, and every
-//! response leaves through [`http::with_common_headers`].
+//! ([`register_function`], [`login_function`], [`chat_function`], [`tokens_function`]):
+//! it never fails at the Lambda level, every outcome is an HTTP response, and every
+//! response leaves through [`http::with_common_headers`] and then
+//! [`cors::serve`](crate::cors::serve).
 
 pub mod chat;
 pub mod conversations;
 pub mod login;
 pub mod models;
 pub mod openapi;
+pub mod page;
 pub mod register;
 pub mod sessions;
 pub mod tokens;
@@ -29,6 +31,7 @@ use crate::{
     aws,
     config::{self, Config, GeminiConfig, Secret, SocketConfig},
     connections::Connections,
+    cors,
     error::{ApiError, BoxError},
     gemini::GeminiClient,
     http,
@@ -71,9 +74,29 @@ pub async fn chat_invocation(
     Ok(FunctionResponse::StreamingResponse(streamed))
 }
 
+/// The register function: `/api/register/`.
+pub async fn register_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    cors::serve(&app.config.cors, req, |req| register::handle(app, req)).await
+}
+
+/// The login function: login, and the session and account routes of [`sessions`].
+pub async fn login_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    cors::serve(&app.config.cors, req, |req| sessions::route(app, req)).await
+}
+
 /// The chat function's HTTP routes: `/api/chat/`, the history API under
 /// `/api/conversations/`, and `/api/ws-ticket/`.
 pub async fn chat_function(
+    chat_app: &ChatApp,
+    req: Request,
+) -> Result<Response<http::StreamBody>, Error> {
+    cors::serve(&chat_app.app.config.cors, req, |req| {
+        chat_routes(chat_app, req)
+    })
+    .await
+}
+
+async fn chat_routes(
     chat_app: &ChatApp,
     req: Request,
 ) -> Result<Response<http::StreamBody>, Error> {
@@ -88,10 +111,17 @@ pub async fn chat_function(
     Ok(http::with_common_headers(resp))
 }
 
-/// The tokens function: `/api/tokens/`, `/api/models/` and `/api/openapi.json`, all read-only.
+/// The tokens function: `/api/tokens/`, `/api/models/`, `/api/openapi.json` and the
+/// chat page (`/`, `/assets/…`), all read-only.
 pub async fn tokens_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    cors::serve(&app.config.cors, req, |req| tokens_routes(app, req)).await
+}
+
+async fn tokens_routes(app: &App, req: Request) -> Result<Response<Body>, Error> {
     let path = route_path(&req);
-    let resp = if path == "/api/models" {
+    let resp = if page::serves(&path) {
+        page::handle(req, &path).await
+    } else if path == "/api/models" {
         models::handle(app, req).await
     } else if path.ends_with("/openapi.json") {
         openapi::handle(req).await

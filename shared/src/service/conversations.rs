@@ -66,6 +66,16 @@ pub enum ConversationError {
     Store(#[from] store::Error),
 }
 
+/// Which end of a conversation a page of messages starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Order {
+    /// From the first message on (the default).
+    #[default]
+    OldestFirst,
+    /// From the latest message back: what a reader opening a conversation wants first.
+    NewestFirst,
+}
+
 /// Opaque page cursors: base64url of where the last page ended. Anything not made
 /// here is refused as a bad cursor, never passed to the store.
 pub mod cursor {
@@ -87,19 +97,28 @@ pub mod cursor {
         })
     }
 
-    pub fn messages(after: &str) -> String {
-        URL_SAFE_NO_PAD.encode(format!("m1.{after}"))
+    /// Where a page of messages ended; the cursor remembers which way the pages run, so
+    /// an oldest-first cursor is not taken for a newest-first one.
+    pub fn messages(after: &str, order: Order) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}{after}", prefix(order)))
     }
 
-    pub fn parse_messages(raw: &str) -> Result<String, ConversationError> {
+    pub fn parse_messages(raw: &str, order: Order) -> Result<String, ConversationError> {
         let text = decode(raw)?;
         let id = text
-            .strip_prefix("m1.")
+            .strip_prefix(prefix(order))
             .ok_or(ConversationError::BadCursor)?;
         // Charge ids are UUIDs, like conversation ids.
         ConversationId::parse(id)
             .map(|id| id.as_str().to_owned())
             .map_err(|_| ConversationError::BadCursor)
+    }
+
+    fn prefix(order: Order) -> &'static str {
+        match order {
+            Order::OldestFirst => "m1.",
+            Order::NewestFirst => "n1.",
+        }
     }
 
     fn decode(raw: &str) -> Result<String, ConversationError> {
@@ -202,17 +221,22 @@ impl<'a> Conversations<'a> {
         id: &ConversationId,
         limit: usize,
         cursor: Option<&str>,
+        order: Order,
     ) -> Result<(Vec<ChatRecord>, Option<String>), ConversationError> {
-        let after = cursor.map(cursor::parse_messages).transpose()?;
+        let after = cursor
+            .map(|c| cursor::parse_messages(c, order))
+            .transpose()?;
+        let newest_first = order == Order::NewestFirst;
         let (exists, page) = tokio::join!(
             self.store.conversation(account, id),
-            self.store.messages(account, id, limit, after.as_deref()),
+            self.store
+                .messages(account, id, limit, after.as_deref(), newest_first),
         );
         if exists?.is_none() {
             return Err(ConversationError::NotFound);
         }
         let Page { items, next } = page?;
-        Ok((items, next.as_deref().map(cursor::messages)))
+        Ok((items, next.as_deref().map(|n| cursor::messages(n, order))))
     }
 
     pub async fn rename(
@@ -350,7 +374,11 @@ mod tests {
         assert_eq!(cursor::parse_conversations(&raw).unwrap(), after);
         let charge = ConversationId::new().as_str().to_owned();
         assert_eq!(
-            cursor::parse_messages(&cursor::messages(&charge)).unwrap(),
+            cursor::parse_messages(
+                &cursor::messages(&charge, Order::OldestFirst),
+                Order::OldestFirst
+            )
+            .unwrap(),
             charge
         );
         for bad in [
@@ -361,9 +389,12 @@ mod tests {
             &"A".repeat(500),
         ] {
             assert!(cursor::parse_conversations(bad).is_err(), "{bad:?}");
-            assert!(cursor::parse_messages(bad).is_err(), "{bad:?}");
+            assert!(
+                cursor::parse_messages(bad, Order::OldestFirst).is_err(),
+                "{bad:?}"
+            );
         }
         // One kind of cursor is not the other.
-        assert!(cursor::parse_messages(&raw).is_err());
+        assert!(cursor::parse_messages(&raw, Order::OldestFirst).is_err());
     }
 }

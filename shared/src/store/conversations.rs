@@ -291,13 +291,15 @@ impl Store {
         Ok(Page { items, next })
     }
 
-    /// A conversation's answered messages, oldest first, after the charge `after`.
+    /// A conversation's answered messages, oldest first (or newest first), after the
+    /// charge `after` in that order.
     pub async fn messages(
         &self,
         account: &Account,
         id: &ConversationId,
         limit: usize,
         after: Option<&str>,
+        newest_first: bool,
     ) -> Result<Page<ChatRecord, String>, Error> {
         let mut start = after.map(|charge| {
             HashMap::from([
@@ -320,6 +322,7 @@ impl Store {
                 .expression_attribute_values(":chats", chats_prefix(id))
                 .expression_attribute_values(":completed", s(ChargeState::Completed.as_str()))
                 .limit(i32::try_from(limit - items.len()).unwrap_or(i32::MAX))
+                .scan_index_forward(!newest_first)
                 .consistent_read(true)
                 .set_exclusive_start_key(start.take());
             let out = self

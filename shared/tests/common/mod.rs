@@ -46,6 +46,7 @@ pub fn config(table: &str) -> Config {
         charge_timeout: Duration::from_secs(60),
         function_timeout: Duration::from_secs(29),
         store_retry: Default::default(),
+        cors: Default::default(),
     }
 }
 

@@ -9,6 +9,7 @@
 //!   `[standin:malformed]`; `[standin:blocked]`; `[standin:safety]`; `[standin:empty]`
 //! - `[standin:retrydelay=<raw>]`: a 429 whose `retryDelay` is `<raw>` (e.g. `1e400s`)
 //! - `[standin:long]` / `[standin:long=<words>]`; `[standin:slow=<ms>]`
+//! - `[standin:hostile]`: Markdown with hostile HTML and `javascript:` links in it
 //! - streams: `[standin:drop=<n>]` (connection breaks after n chunks),
 //!   `[standin:midsafety=<n>]` / `[standin:midrecitation=<n>]` (then a SAFETY /
 //!   RECITATION stop: the words so far are charged), `[standin:stall=<n>]` (then
