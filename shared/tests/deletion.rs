@@ -21,11 +21,12 @@ const ANSWER_RECORD: &str = "\"response\"";
 
 /// Budgets with room for a held write to land between a settle giving up on it
 /// (two budgets) and the deletion's late pass (the write window, three budgets and an
-/// attempt), on a loaded machine.
+/// attempt), on a loaded machine — and attempts long enough that the writes this test
+/// does not hold are not given up on when the machine is busy.
 fn policy() -> RetryPolicy {
     RetryPolicy {
-        attempt_timeout: Duration::from_millis(500),
-        budget: Duration::from_secs(2),
+        attempt_timeout: Duration::from_millis(1500),
+        budget: Duration::from_secs(3),
         ..Default::default()
     }
 }
@@ -103,8 +104,11 @@ async fn a_settle_landing_after_the_account_is_deleted_never_reaches_the_names_n
     let resp = chat(&race.direct, &fresh, "hello from the new john").await;
     assert_eq!(resp.status(), 200);
 
-    // The old chat's answer was paid (its close landed); its record lands only now.
-    assert_eq!(chatting.await.unwrap(), 200);
+    // The old chat's close landed; its record lands only now. Its own answer is 200, or
+    // 503 when the machine is so slow that the settle was still deciding after the
+    // account was gone (nothing is left to charge then): either way not this test's point.
+    let old_status = chatting.await.unwrap();
+    assert!(matches!(old_status.as_u16(), 200 | 503), "{old_status}");
     held.land().await;
 
     // The new owner sees nothing of it: history, conversations, balance, books.
