@@ -41,6 +41,9 @@ pub struct Config {
     /// How DynamoDB calls are timed and retried (`DYNAMODB_ATTEMPT_TIMEOUT_MS`, default
     /// 500; `DYNAMODB_RETRY_BUDGET_MS`, default 1200; `DYNAMODB_MAX_ATTEMPTS`, default 6).
     pub store_retry: RetryPolicy,
+    /// The WebSocket API (`WEBSOCKET_URL`, e.g. `wss://…/prod`): the chat function hands
+    /// it out with tickets, and the chat page may connect to it. Unset: none.
+    pub websocket_url: Option<String>,
     /// Origins of web pages hosted elsewhere that may call this API from a browser
     /// (`CORS_ALLOWED_ORIGINS`, exact origins, comma-separated; empty: same origin only).
     pub cors: AllowedOrigins,
@@ -301,6 +304,7 @@ impl Config {
             charge_timeout: Duration::from_secs(parse_or("CHARGE_TIMEOUT_SECS", 60u64)?),
             function_timeout: Duration::from_secs(parse_or("FUNCTION_TIMEOUT_SECS", 29u64)?),
             store_retry,
+            websocket_url: optional("WEBSOCKET_URL"),
             cors: AllowedOrigins::parse(&optional("CORS_ALLOWED_ORIGINS").unwrap_or_default())
                 .map_err(|reason| ConfigError {
                     var: "CORS_ALLOWED_ORIGINS",
@@ -452,9 +456,6 @@ impl GeminiConfig {
 /// The WebSocket API (chat function only).
 #[derive(Debug, Clone)]
 pub struct SocketConfig {
-    /// What clients connect to (`WEBSOCKET_URL`, e.g. `wss://…/prod`); unset: no
-    /// WebSocket API, and `POST /api/ws-ticket/` answers 404.
-    pub url: Option<String>,
     /// The `@connections` API (`WEBSOCKET_MANAGEMENT_ENDPOINT`); unset: learnt from the
     /// first WebSocket event's domain and stage.
     pub management_endpoint: Option<String>,
@@ -477,7 +478,6 @@ impl SocketConfig {
 
     pub fn from_env() -> Result<Self, ConfigError> {
         Ok(Self {
-            url: optional("WEBSOCKET_URL"),
             management_endpoint: optional("WEBSOCKET_MANAGEMENT_ENDPOINT"),
             ticket_ttl: Duration::from_secs(in_range("WEBSOCKET_TICKET_SECS", 60, 1..=60)?),
             max_per_user: in_range("WEBSOCKET_MAX_CONNECTIONS", 10, 1..=100)?,
@@ -498,7 +498,6 @@ impl SocketConfig {
 impl Default for SocketConfig {
     fn default() -> Self {
         Self {
-            url: None,
             management_endpoint: None,
             ticket_ttl: Duration::from_secs(60),
             max_per_user: 10,

@@ -120,7 +120,7 @@ pub async fn tokens_function(app: &App, req: Request) -> Result<Response<Body>, 
 async fn tokens_routes(app: &App, req: Request) -> Result<Response<Body>, Error> {
     let path = route_path(&req);
     let resp = if page::serves(&path) {
-        page::handle(req, &path).await
+        page::handle(req, &path, app.config.websocket_url.as_deref()).await
     } else if path == "/api/models" {
         models::handle(app, req).await
     } else if path.ends_with("/openapi.json") {

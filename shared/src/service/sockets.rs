@@ -96,7 +96,11 @@ impl<'a> Sockets<'a> {
 
     /// A ticket for `authed`'s session: one write.
     pub async fn issue_ticket(&self, authed: &Authed) -> Result<IssuedTicket, SocketError> {
-        let url = self.settings.url.clone().ok_or(SocketError::Disabled)?;
+        let url = self
+            .config
+            .websocket_url
+            .clone()
+            .ok_or(SocketError::Disabled)?;
         let owner = authed
             .socket_owner()
             .ok_or(SocketError::SessionEnded { expired: false })?;

@@ -46,6 +46,7 @@ pub fn config(table: &str) -> Config {
         charge_timeout: Duration::from_secs(60),
         function_timeout: Duration::from_secs(29),
         store_retry: Default::default(),
+        websocket_url: Some("ws://127.0.0.1:9001/ws".into()),
         cors: Default::default(),
     }
 }
@@ -96,18 +97,11 @@ pub fn gemini_config(standin: &GeminiStandIn) -> GeminiConfig {
     }
 }
 
-/// A chat app whose WebSocket API is `ws://127.0.0.1:9001/ws`, with no `@connections`
-/// to post to (the process tests have the gateway for that).
 pub fn chat_app_on(app: App, gemini: GeminiConfig) -> ChatApp {
-    let sockets = shared::config::SocketConfig {
-        url: Some("ws://127.0.0.1:9001/ws".into()),
-        ..Default::default()
-    };
     ChatApp::new(
         app,
         GeminiClient::new(gemini).expect("build the Gemini client"),
     )
-    .with_sockets(sockets, shared::connections::Connections::disabled())
 }
 
 /// A store on `table` that reaches DynamoDB Local through `proxy` (to count or fault

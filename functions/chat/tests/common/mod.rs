@@ -120,6 +120,7 @@ impl Setup {
             charge_timeout: Duration::from_secs(9),
             function_timeout: Duration::from_secs(8),
             store_retry: Default::default(),
+            websocket_url: None,
             cors: Default::default(),
         };
         shared::App::new(config, self.store.clone())
