@@ -104,7 +104,10 @@
   const transports = { sse: sseChat, ws: wsChat };
 
   function chat(request, handlers) {
-    return live.open ? transports.ws(request, handlers) : transports.sse(request, handlers);
+    // A browser that says it is offline gets the HTTP path, which fails at once and keeps
+    // the message: a socket may linger open for a while after the network went away.
+    const ws = live.open && navigator.onLine !== false;
+    return ws ? transports.ws(request, handlers) : transports.sse(request, handlers);
   }
 
   // The WebSocket API, when the deployment has one (POST api/ws-ticket/ says where): one
