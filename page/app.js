@@ -577,7 +577,15 @@
     event.preventDefault();
     if (!window.confirm('Delete your account, its conversations and its credits? This cannot be undone.')) return;
     try {
-      await api.deleteAccount($('delete-password').value);
+      // A long history is deleted over several requests: 202 means "repeat the same
+      // request"; the account stays closed meanwhile.
+      const password = $('delete-password').value;
+      for (;;) {
+        const { data } = await api.deleteAccount(password);
+        if (!data || data.code !== 'deletion_in_progress') break;
+        alertText('Deleting your history…', null, $('account-alert'));
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+      }
       $('delete-password').value = '';
       signedOut('Your account is deleted.');
     } catch (err) {

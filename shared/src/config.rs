@@ -44,6 +44,9 @@ pub struct Config {
     /// The WebSocket API (`WEBSOCKET_URL`, e.g. `wss://…/prod`): the chat function hands
     /// it out with tickets, and the chat page may connect to it. Unset: none.
     pub websocket_url: Option<String>,
+    /// The CloudWatch namespace of the functions' own metrics (`METRICS_NAMESPACE`,
+    /// default `ChatBackend`).
+    pub metrics_namespace: String,
     /// Origins of web pages hosted elsewhere that may call this API from a browser
     /// (`CORS_ALLOWED_ORIGINS`, exact origins, comma-separated; empty: same origin only).
     pub cors: AllowedOrigins,
@@ -305,6 +308,8 @@ impl Config {
             function_timeout: Duration::from_secs(parse_or("FUNCTION_TIMEOUT_SECS", 29u64)?),
             store_retry,
             websocket_url: optional("WEBSOCKET_URL"),
+            metrics_namespace: optional("METRICS_NAMESPACE")
+                .unwrap_or_else(|| crate::telemetry::metrics::DEFAULT_NAMESPACE.to_owned()),
             cors: AllowedOrigins::parse(&optional("CORS_ALLOWED_ORIGINS").unwrap_or_default())
                 .map_err(|reason| ConfigError {
                     var: "CORS_ALLOWED_ORIGINS",
@@ -336,6 +341,12 @@ impl Config {
             return fail(
                 "SESSION_IDLE_HOURS",
                 "SESSION_IDLE_HOURS and MAX_SESSIONS must be at least 1".into(),
+            );
+        }
+        if self.metrics_namespace.len() > 255 || self.metrics_namespace.starts_with(':') {
+            return fail(
+                "METRICS_NAMESPACE",
+                "must be at most 255 characters and not start with a colon".into(),
             );
         }
         let retry = &self.store_retry;

@@ -106,3 +106,46 @@ pub async fn wait_for_a_fresh_minute(secs: u64) {
         tokio::time::sleep(Duration::from_millis(60_000 - into + 50)).await;
     }
 }
+
+/// `count` answered chats in one new conversation of `account`, at no cost (the books
+/// stay as they are), each with a question and an answer of some length: a long history
+/// to read or delete. Written a few at a time.
+pub async fn seed_answered_chats(
+    store: &Store,
+    account: &shared::store::Account,
+    count: usize,
+) -> Result<(), BoxError> {
+    use futures_util::{StreamExt, TryStreamExt, stream};
+    use shared::{
+        domain::{ConversationId, Usage},
+        store::{ChatOutcome, OpenCharge},
+    };
+    let conversation = ConversationId::new();
+    stream::iter(0..count)
+        .map(|n| {
+            let charge = OpenCharge {
+                id: uuid::Uuid::now_v7().to_string(),
+                account: account.clone(),
+                conversation_id: conversation.as_str().to_owned(),
+                cost: 0,
+                opened_at: now_millis(),
+            };
+            async move {
+                let message = format!("question {n}: {}", "lorem ipsum ".repeat(20));
+                let response = format!("answer {n}: {}", "dolor sit amet ".repeat(40));
+                let answered = ChatOutcome::Answered {
+                    message: &message,
+                    response: &response,
+                    model: "gemini-flash-latest",
+                    usage: Usage::default(),
+                    balance: 0,
+                    finish_reason: Some("STOP"),
+                };
+                store.record_chat(&charge, answered).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect::<()>()
+        .await?;
+    Ok(())
+}

@@ -91,6 +91,8 @@ struct Shared {
     injected: AtomicUsize,
     /// Every request's operation, in arrival order, until [`FaultProxy::take_operations`].
     operations: Mutex<Vec<String>>,
+    /// Capacity consumed, when counted ([`FaultProxy::count_capacity`]).
+    capacity: Mutex<Option<Capacity>>,
     holds: Mutex<Vec<Arc<HoldState>>>,
 }
 
@@ -186,6 +188,7 @@ impl FaultProxy {
             forwarded: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
             operations: Mutex::new(Vec::new()),
+            capacity: Mutex::new(None),
             holds: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
@@ -243,6 +246,23 @@ impl FaultProxy {
         self.shared.forwarded.load(Ordering::SeqCst)
     }
 
+    /// From now on, asks DynamoDB for the capacity each request consumes (it adds
+    /// `ReturnConsumedCapacity: TOTAL` to requests that lack it) and adds it up, for
+    /// [`FaultProxy::take_capacity`].
+    pub fn count_capacity(&self) {
+        self.shared
+            .capacity
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Capacity::default);
+    }
+
+    /// The capacity consumed since the last call (see [`FaultProxy::count_capacity`]).
+    pub fn take_capacity(&self) -> Capacity {
+        let mut capacity = self.shared.capacity.lock().unwrap();
+        capacity.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// The operations asked for since the last call (`GetItem`, `UpdateItem`…), in the
     /// order they arrived: what a test counts a route's DynamoDB calls by.
     pub fn take_operations(&self) -> Vec<String> {
@@ -282,13 +302,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // `X-Amz-Target: DynamoDB_20120810.UpdateItem`
-    let operation = headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.rsplit('.').next())
-        .unwrap_or("")
-        .to_owned();
+    let operation = operation_of(&headers);
     shared.operations.lock().unwrap().push(operation.clone());
     let hold = {
         let text = String::from_utf8_lossy(&body);
@@ -380,6 +394,16 @@ async fn answer(
     }
 }
 
+/// The DynamoDB operation a request asks for: `X-Amz-Target: DynamoDB_20120810.UpdateItem`.
+fn operation_of(headers: &HeaderMap) -> String {
+    headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// Runs `work` on its own task, so it finishes even if the caller's connection goes.
 async fn detached(work: impl Future<Output = Response> + Send + 'static) -> Response {
     tokio::spawn(work)
@@ -395,6 +419,12 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     shared.forwarded.fetch_add(1, Ordering::SeqCst);
+    let counting = shared.capacity.lock().unwrap().is_some();
+    let operation = operation_of(headers);
+    let body = match counting {
+        true if DATA_OPERATIONS.contains(&operation.as_str()) => ask_for_capacity(body),
+        _ => body,
+    };
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = shared
         .client
@@ -415,9 +445,92 @@ async fn forward(
                 }
             }
             let bytes = resp.bytes().await.unwrap_or_default();
+            if counting && let Some(capacity) = shared.capacity.lock().unwrap().as_mut() {
+                capacity.add(&operation, status.as_u16(), &bytes);
+            }
             (status, out_headers, bytes).into_response()
         }
         Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
+
+/// DynamoDB capacity consumed by the requests that went through, as DynamoDB reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Capacity {
+    /// Read units (on-demand: read request units) of reads that succeeded.
+    pub read_units: f64,
+    /// Write units (write request units) of writes that succeeded.
+    pub write_units: f64,
+    /// Writes refused by their condition: DynamoDB reports no capacity for them, but
+    /// AWS bills them as writes of the item's size (at least one unit each).
+    pub failed_conditional_writes: usize,
+    /// Requests counted.
+    pub requests: usize,
+}
+
+impl Capacity {
+    /// Write units with each failed conditional write counted as one.
+    pub fn billed_write_units(&self) -> f64 {
+        self.write_units + self.failed_conditional_writes as f64
+    }
+
+    fn add(&mut self, operation: &str, status: u16, body: &[u8]) {
+        self.requests += 1;
+        let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return;
+        };
+        if status != 200 {
+            let kind = answer["__type"].as_str().unwrap_or_default();
+            if kind.ends_with("ConditionalCheckFailedException")
+                || kind.ends_with("TransactionCanceledException")
+            {
+                self.failed_conditional_writes += 1;
+            }
+            return;
+        }
+        let units: f64 = match &answer["ConsumedCapacity"] {
+            serde_json::Value::Array(all) => all.iter().map(units_of).sum(),
+            one => units_of(one),
+        };
+        if matches!(
+            operation,
+            "GetItem" | "Query" | "Scan" | "BatchGetItem" | "TransactGetItems"
+        ) {
+            self.read_units += units;
+        } else {
+            self.write_units += units;
+        }
+    }
+}
+
+fn units_of(consumed: &serde_json::Value) -> f64 {
+    consumed["CapacityUnits"].as_f64().unwrap_or(0.0)
+}
+
+/// The operations that report the capacity they consume.
+const DATA_OPERATIONS: &[&str] = &[
+    "GetItem",
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "Query",
+    "Scan",
+    "BatchGetItem",
+    "BatchWriteItem",
+    "TransactGetItems",
+    "TransactWriteItems",
+];
+
+/// The request with `ReturnConsumedCapacity: TOTAL`, unless it asks for capacity already.
+fn ask_for_capacity(body: Bytes) -> Bytes {
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut request))
+            if !request.contains_key("ReturnConsumedCapacity") =>
+        {
+            request.insert("ReturnConsumedCapacity".into(), json!("TOTAL"));
+            serde_json::to_vec(&request).map_or(body, Bytes::from)
+        }
+        _ => body,
     }
 }
 

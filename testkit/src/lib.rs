@@ -11,6 +11,7 @@
 //! WebSocket API in front of the chat function ([`gateway`]).
 
 pub mod demo;
+pub mod emf;
 pub mod events;
 pub mod faults;
 pub mod gateway;

@@ -688,11 +688,15 @@ async fn init_error(State(inner): State<Arc<Inner>>, body: Bytes) -> StatusCode 
 /// Function processes attached to a [`RuntimeApi`]. Dropping them kills them.
 pub struct Functions {
     children: Vec<Child>,
+    /// Everything the processes wrote on standard output (what Lambda sends to
+    /// CloudWatch Logs), line by line as written.
+    stdout: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Functions {
     /// Starts `count` copies of `binary` with the Lambda environment plus `env`.
-    /// Their logs go to this process's stderr when `FUNCTION_LOGS=1`.
+    /// Their standard output is kept ([`Functions::stdout`]); their logs also go to this
+    /// process's stderr when `FUNCTION_LOGS=1`.
     pub fn spawn(
         binary: &Path,
         runtime: &RuntimeApi,
@@ -700,9 +704,10 @@ impl Functions {
         env: &[(&str, String)],
     ) -> Self {
         let show_logs = std::env::var("FUNCTION_LOGS").as_deref() == Ok("1");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
         let children = (0..count)
             .map(|i| {
-                Command::new(binary)
+                let mut child = Command::new(binary)
                     .env("AWS_LAMBDA_RUNTIME_API", runtime.address())
                     .env("AWS_LAMBDA_FUNCTION_NAME", "chat")
                     .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
@@ -711,21 +716,46 @@ impl Functions {
                     .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/chat")
                     .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
                     .stdin(Stdio::null())
-                    .stdout(if show_logs {
-                        Stdio::inherit()
-                    } else {
-                        Stdio::null()
-                    })
+                    .stdout(Stdio::piped())
                     .stderr(if show_logs {
                         Stdio::inherit()
                     } else {
                         Stdio::null()
                     })
                     .spawn()
-                    .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()))
+                    .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+                let out = child.stdout.take().expect("piped stdout");
+                let kept = stdout.clone();
+                std::thread::spawn(move || keep_lines(out, &kept, show_logs));
+                child
             })
             .collect();
-        Self { children }
+        Self { children, stdout }
+    }
+
+    /// What the processes have written on standard output so far, whole lines only.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    /// Forgets the output so far: [`Functions::stdout`] then shows only what follows.
+    pub fn clear_stdout(&self) {
+        self.stdout.lock().unwrap().clear();
+    }
+
+    /// Waits until the output holds `count` lines that contain `needle` (a line written
+    /// just after a response was delivered may lag it by a moment).
+    pub async fn wait_for_lines(&self, needle: &str, count: usize, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.stdout();
+            if out.lines().filter(|l| l.contains(needle)).count() >= count
+                || Instant::now() >= deadline
+            {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Kills every process at once (SIGKILL: no chance to clean up), as a crash would.
@@ -772,6 +802,21 @@ impl Functions {
             .map(|c| c.try_wait())
             .filter(|status| matches!(status, Ok(Some(_))))
             .count()
+    }
+}
+
+/// Copies `out` into `kept` a whole line at a time (so lines of different processes
+/// never interleave), echoing them to stderr when `show`.
+fn keep_lines(out: impl std::io::Read, kept: &Mutex<Vec<u8>>, show: bool) {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::new(out);
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+        if show {
+            eprint!("{}", String::from_utf8_lossy(&line));
+        }
+        kept.lock().unwrap().extend_from_slice(&line);
+        line.clear();
     }
 }
 

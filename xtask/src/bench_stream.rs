@@ -269,7 +269,7 @@ fn percentile(values: &mut [Duration], p: usize) -> Duration {
 
 /// `events/chat.json` (the demo user), as a streamed chat or as a buffered one (no
 /// `Accept` header).
-fn chat_event(n: usize, stream: bool) -> Value {
+pub(crate) fn chat_event(n: usize, stream: bool) -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../events/chat.json");
     let text = std::fs::read_to_string(path).expect("the sample event");
     let mut event: Value = serde_json::from_str(&text).expect("valid JSON");

@@ -14,6 +14,15 @@
 //! 100 KB), and what gzipping at cold start would cost against build time (see
 //! `bench_page.rs`).
 //!
+//! `cargo xtask cost [--runs N] [--gemini-ms MS] [--prompt-tokens N] [--response-tokens N]
+//! [--thoughts-tokens N] [--model ID] BIN_DIR`: what a million chats, balance reads,
+//! logins and registrations cost, by component, from measured inputs and
+//! `xtask/prices.yaml` (see `cost.rs`; `scripts/cost` runs it on release builds).
+//!
+//! `cargo xtask bench-deletion [--chats N] LOGIN_BINARY`: an account with N stored chats
+//! (default 5,000) deleted through the login function: requests, time, DynamoDB calls
+//! (see `bench_deletion.rs`).
+//!
 //! `cargo xtask audit <username> [--table NAME]`: checks that the account's books
 //! balance (granted = balance + settled + open) on whatever DynamoDB the standard AWS
 //! environment points at (`AWS_ENDPOINT_URL_DYNAMODB` for DynamoDB Local). The table is
@@ -25,13 +34,15 @@ use std::process::ExitCode;
 
 use shared::{audit, domain::Username, store::Store};
 
+mod bench_deletion;
 mod bench_history;
 mod bench_page;
 mod bench_stream;
 mod bench_ws;
 mod cold_start;
+mod cost;
 
-const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY\n       cargo xtask bench-page [--runs N]\n       cargo xtask bench-ws [--runs N] CHAT_BINARY";
+const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask cold-start [--runs N] [--warm N] BINARY...\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY\n       cargo xtask bench-page [--runs N]\n       cargo xtask bench-deletion [--chats N] LOGIN_BINARY\n       cargo xtask cost [--runs N] [--gemini-ms MS] [--prompt-tokens N] [--response-tokens N] [--thoughts-tokens N] [--model ID] BIN_DIR\n       cargo xtask bench-ws [--runs N] CHAT_BINARY";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -42,6 +53,8 @@ async fn main() -> ExitCode {
         Some("bench-history") => bench_history::run(&args[1..]).await,
         Some("bench-stream") => bench_stream::run(&args[1..]).await,
         Some("bench-ws") => bench_ws::run(&args[1..]).await,
+        Some("bench-deletion") => bench_deletion::run(&args[1..]).await,
+        Some("cost") => cost::run(&args[1..]).await,
         Some("bench-page") => bench_page::run(&args[1..]).await,
         _ => {
             eprintln!("{USAGE}");

@@ -149,7 +149,7 @@ async fn audit_checks_a_deleted_accounts_books_by_its_tombstone() {
         .await
         .unwrap()
         .unwrap();
-    store.retire_items(&account, &id).await.unwrap();
+    store.retire_items(&account, &id, None).await.unwrap();
     store.write_tombstone(&user, &id).await.unwrap();
     assert!(store.delete_user("john", &id).await.unwrap());
 

@@ -15,14 +15,6 @@ use testkit::{
     sse::SseReader,
 };
 
-/// `events/chat.json` asking for Server-Sent Events.
-fn streamed(setup: &Setup, message: &str) -> Value {
-    let mut event = chat_event(&setup.token, message, None);
-    event["headers"]["Accept"] = json!("text/event-stream");
-    event["multiValueHeaders"]["Accept"] = json!(["text/event-stream"]);
-    event
-}
-
 /// Events as they arrive: `(name, data, arrival)`; stops after `until` if given.
 async fn events(
     stream: &mut StreamingInvocation,

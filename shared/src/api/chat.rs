@@ -12,6 +12,7 @@ use lambda_http::{
     http::{HeaderValue, Method, StatusCode, header},
 };
 use serde_json::{Map, Value, json};
+use tracing::Instrument;
 
 use crate::{
     ApiError, App, ChatApp,
@@ -23,13 +24,34 @@ use crate::{
         conversations::Choice,
         sockets::{Push, Watchers},
     },
+    telemetry::metrics::{self, Metric},
 };
 
 pub async fn handle(chat_app: &ChatApp, req: Request) -> Result<Response<StreamBody>, Error> {
-    Ok(match chat(chat_app, &req).await {
-        Ok(resp) => resp,
-        Err(err) => http::into_stream(http::error_response(&err)),
-    })
+    // Every line a chat logs carries its charge id, once it has one (the service records
+    // it here), beside the request id of the runtime's own span.
+    let span = tracing::info_span!("chat", charge = tracing::field::Empty);
+    let answer = async {
+        match chat(chat_app, &req).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                record_failure(&err);
+                http::into_stream(http::error_response(&err))
+            }
+        }
+    };
+    Ok(answer.instrument(span).await)
+}
+
+/// A chat that ended in an error: throttled (429), or failed on the service's side (5xx)
+/// or the model's (a refusal). A client's own mistake is neither.
+fn record_failure(err: &ApiError) {
+    let status = err.status();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        metrics::count_by(Metric::ChatsThrottled, err.code(), 1);
+    } else if status.is_server_error() || matches!(err, ApiError::ContentBlocked { .. }) {
+        metrics::count_by(Metric::ChatsFailed, err.code(), 1);
+    }
 }
 
 async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>, ApiError> {
@@ -81,6 +103,10 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
     let open = service.open_stream(turn).await?;
     let (tx, body) = StreamBody::channel();
     let chat_app = chat_app.clone();
+    // The turn outlives this handler: it takes the invocation's metrics record and log
+    // span along.
+    let record = metrics::current();
+    let span = tracing::Span::current();
     tokio::spawn(async move {
         let service = self::service(&chat_app);
         // `run` reports synchronously; the events are written in order as they come.
@@ -98,7 +124,14 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
             .await;
             drop(progress_tx);
         };
-        tokio::join!(run, writer);
+        let turn = async { tokio::join!(run, writer) }.instrument(span);
+        match record {
+            Some(record) => metrics::scope(record, turn).await,
+            None => turn.await,
+        };
+        // The metrics line is written (the record dropped above) before the stream
+        // ends, so it is out before the invocation is over.
+        drop(tx);
     });
     Ok(event_stream(body))
 }
@@ -217,6 +250,7 @@ pub(crate) fn event(progress: Progress) -> (&'static str, Value) {
             tokens_remaining,
         } => {
             let err = ApiError::from(error);
+            record_failure(&err);
             http::log_error(&err);
             (
                 "error",
@@ -243,6 +277,7 @@ fn cut(answer: &Answer) -> (&'static str, Value) {
     let err = ApiError::ContentBlocked {
         reason: reason.to_owned(),
     };
+    record_failure(&err);
     (
         "error",
         json!({

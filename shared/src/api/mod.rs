@@ -37,7 +37,24 @@ use crate::{
     http,
     service::accounts::{Accounts, Authed},
     store::Store,
+    telemetry::metrics::{self, Record},
 };
+
+/// Runs one invocation of `function` with its own metrics record, written as one EMF
+/// line once the invocation (and any task it left running) lets go of it. Each
+/// function's routes run inside one (a CORS preflight, answered before, records
+/// nothing).
+pub async fn invocation<F, Fut>(config: &Config, function: &'static str, handler: F) -> Fut::Output
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
+    let record = Record::new(config.metrics_namespace.as_str(), function);
+    // The handler's future is made here and boxed at once: it is large (several SDK
+    // calls' state), and neither this future nor whoever awaits an entry point should
+    // carry it inline.
+    metrics::scope(record, Box::pin(handler())).await
+}
 
 /// The request's path as the client sent it (without API Gateway's stage), with no
 /// trailing slash: every route works with and without one.
@@ -64,9 +81,11 @@ pub async fn chat_invocation(
 > {
     let LambdaEvent { payload, context } = event;
     if ws::is_websocket(&payload) {
-        return Ok(FunctionResponse::BufferedResponse(
-            ws::handle(chat_app, payload).await,
-        ));
+        let answer = invocation(&chat_app.app.config, "chat", || {
+            ws::handle(chat_app, payload)
+        })
+        .await;
+        return Ok(FunctionResponse::BufferedResponse(answer));
     }
     let request: LambdaRequest = serde_json::from_value(payload)?;
     let mut http = StreamAdapter::from(service_fn(|req| chat_function(chat_app, req)));
@@ -100,15 +119,18 @@ async fn chat_routes(
     chat_app: &ChatApp,
     req: Request,
 ) -> Result<Response<http::StreamBody>, Error> {
-    let path = route_path(&req);
-    let resp = if conversations::serves(&path) {
-        http::into_stream(conversations::handle(&chat_app.app, req, &path).await)
-    } else if path == "/api/ws-ticket" {
-        http::into_stream(ws::ticket(chat_app, req).await)
-    } else {
-        chat::handle(chat_app, req).await?
-    };
-    Ok(http::with_common_headers(resp))
+    invocation(&chat_app.app.config, "chat", || async {
+        let path = route_path(&req);
+        let resp = if conversations::serves(&path) {
+            http::into_stream(conversations::handle(&chat_app.app, req, &path).await)
+        } else if path == "/api/ws-ticket" {
+            http::into_stream(ws::ticket(chat_app, req).await)
+        } else {
+            chat::handle(chat_app, req).await?
+        };
+        Ok(http::with_common_headers(resp))
+    })
+    .await
 }
 
 /// The tokens function: `/api/tokens/`, `/api/models/`, `/api/openapi.json` and the
@@ -118,17 +140,20 @@ pub async fn tokens_function(app: &App, req: Request) -> Result<Response<Body>, 
 }
 
 async fn tokens_routes(app: &App, req: Request) -> Result<Response<Body>, Error> {
-    let path = route_path(&req);
-    let resp = if page::serves(&path) {
-        page::handle(req, &path, app.config.websocket_url.as_deref()).await
-    } else if path == "/api/models" {
-        models::handle(app, req).await
-    } else if path.ends_with("/openapi.json") {
-        openapi::handle(req).await
-    } else {
-        tokens::handle(app, req).await?
-    };
-    Ok(http::with_common_headers(resp))
+    invocation(&app.config, "tokens", || async {
+        let path = route_path(&req);
+        let resp = if page::serves(&path) {
+            page::handle(req, &path, app.config.websocket_url.as_deref()).await
+        } else if path == "/api/models" {
+            models::handle(app, req).await
+        } else if path.ends_with("/openapi.json") {
+            openapi::handle(req).await
+        } else {
+            tokens::handle(app, req).await?
+        };
+        Ok(http::with_common_headers(resp))
+    })
+    .await
 }
 
 /// What every function builds once per cold start.

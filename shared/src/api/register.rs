@@ -14,9 +14,12 @@ use crate::{
 
 /// The register function's entry point.
 pub async fn handle(app: &App, req: Request) -> Result<Response<Body>, Error> {
-    Ok(http::with_common_headers(http::respond(
-        register(app, &req).await,
-    )))
+    super::invocation(&app.config, "register", || async {
+        Ok(http::with_common_headers(http::respond(
+            register(app, &req).await,
+        )))
+    })
+    .await
 }
 
 async fn register(app: &App, req: &Request) -> Result<Response<Body>, ApiError> {

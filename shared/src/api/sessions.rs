@@ -19,10 +19,15 @@ use crate::{
     ApiError, App,
     domain::{Invalid, Password},
     http,
+    service::accounts::Deletion,
 };
 
 /// The login function's entry point: one function owns sessions and password hashes.
 pub async fn route(app: &App, req: Request) -> Result<Response<Body>, Error> {
+    super::invocation(&app.config, "login", || route_request(app, req)).await
+}
+
+async fn route_request(app: &App, req: Request) -> Result<Response<Body>, Error> {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let result = if path.ends_with("/logout/all") {
         logout_all(app, &req).await
@@ -93,13 +98,27 @@ async fn delete_account(app: &App, req: &Request) -> Result<Response<Body>, ApiE
     let body = http::json_body(req)?;
     let password = Password::parse_for_login(http::string_field(&body, "password")?)?;
     let authed = app.authenticate(token).await?;
-    app.accounts()
+    let deletion = app
+        .accounts()
         .delete_account(&authed, password, app.config.charge_timeout)
         .await?;
-    Ok(http::json(
-        StatusCode::OK,
-        &json!({"detail": "Account deleted."}),
-    ))
+    Ok(match deletion {
+        Deletion::Done(_) => http::json(StatusCode::OK, &json!({"detail": "Account deleted."})),
+        Deletion::Unfinished { retired } => {
+            let mut resp = http::json(
+                StatusCode::ACCEPTED,
+                &json!({
+                    "detail": format!("The account is closed and {retired} more of its records are gone; send the same request again to finish deleting it."),
+                    "code": "deletion_in_progress",
+                }),
+            );
+            resp.headers_mut().insert(
+                "retry-after",
+                lambda_http::http::HeaderValue::from_static("1"),
+            );
+            resp
+        }
+    })
 }
 
 /// Password rules speak of `password`; here the field is called something else.

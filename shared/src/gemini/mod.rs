@@ -21,7 +21,11 @@ use reqwest::{
     header::{HeaderMap, HeaderValue},
 };
 
-use crate::{config::GeminiConfig, domain::Usage};
+use crate::{
+    config::GeminiConfig,
+    domain::Usage,
+    telemetry::metrics::{self, Metric},
+};
 
 pub use crate::domain::{InvalidModelName, ModelName, ThinkingFamily, ThinkingLevel};
 pub use stream::{ReplyStream, StreamEvent};
@@ -242,6 +246,7 @@ impl GeminiClient {
 
     /// Asks the model for one whole answer, retrying overload within the deadline.
     pub async fn generate(&self, prompt: &Prompt<'_>) -> Result<Reply, Error> {
+        let started = std::time::Instant::now();
         let body = self.request_body(prompt);
         let url = self.url(prompt.model, "generateContent");
         let call = (|| self.attempt(&url, &body, prompt.model))
@@ -249,10 +254,17 @@ impl GeminiClient {
             .sleep(tokio::time::sleep)
             .when(Error::is_overloaded)
             .adjust(honour_retry_delay)
-            .notify(|err, wait| tracing::warn!(error = %err, ?wait, "Gemini overloaded; retrying"));
-        tokio::time::timeout(self.timeout, call)
+            .notify(|err, wait| retrying(prompt.model, err, wait));
+        let result = tokio::time::timeout(self.timeout, call)
             .await
-            .map_err(|_| Error::Timeout(self.timeout))?
+            .map_err(|_| Error::Timeout(self.timeout))
+            .and_then(|r| r);
+        let model = Some(prompt.model.as_str());
+        metrics::time(Metric::GeminiLatency, model, started.elapsed());
+        if let Ok(reply) = &result {
+            count_usage(prompt.model, &reply.usage);
+        }
+        result
     }
 
     /// Asks for a streamed answer. Failures before the first byte of the body (an
@@ -260,7 +272,8 @@ impl GeminiClient {
     /// connection, the deadline) are this call's error; later ones come from the
     /// stream.
     pub async fn stream(&self, prompt: &Prompt<'_>) -> Result<ReplyStream, Error> {
-        let deadline = tokio::time::Instant::now() + self.stream_timeout;
+        let started = tokio::time::Instant::now();
+        let deadline = started + self.stream_timeout;
         let body = self.request_body(prompt);
         let url = self.url(prompt.model, "streamGenerateContent?alt=sse");
         let open = (|| self.open_stream(&url, &body))
@@ -268,13 +281,23 @@ impl GeminiClient {
             .sleep(tokio::time::sleep)
             .when(Error::is_overloaded)
             .adjust(honour_retry_delay)
-            .notify(|err, wait| tracing::warn!(error = %err, ?wait, "Gemini overloaded; retrying"));
-        let response = tokio::time::timeout_at(deadline, open)
+            .notify(|err, wait| retrying(prompt.model, err, wait));
+        let opened = tokio::time::timeout_at(deadline, open)
             .await
-            .map_err(|_| Error::Timeout(self.stream_timeout))??;
+            .map_err(|_| Error::Timeout(self.stream_timeout))
+            .and_then(|r| r);
+        let response = match opened {
+            Ok(response) => response,
+            Err(err) => {
+                let model = Some(prompt.model.as_str());
+                metrics::time(Metric::GeminiLatency, model, started.elapsed());
+                return Err(err);
+            }
+        };
         Ok(ReplyStream::new(
             response,
             prompt.model.clone(),
+            started,
             deadline,
             self.stream_timeout,
             self.stream_idle_timeout,
@@ -372,6 +395,23 @@ impl GeminiClient {
         let bytes = resp.bytes().await.map_err(transport(timeout))?;
         Err(api_error(status.as_u16(), &bytes))
     }
+}
+
+/// An overloaded call about to be tried again.
+fn retrying(model: &ModelName, err: &Error, wait: Duration) {
+    metrics::count_by(Metric::GeminiRetries, model.as_str(), 1);
+    tracing::warn!(error = %err, ?wait, "Gemini overloaded; retrying");
+}
+
+/// What Gemini counted for a call: what it bills.
+fn count_usage(model: &ModelName, usage: &Usage) {
+    if *usage == Usage::default() {
+        return;
+    }
+    let model = model.as_str();
+    metrics::count_by(Metric::PromptTokens, model, usage.prompt_tokens);
+    metrics::count_by(Metric::ResponseTokens, model, usage.response_tokens);
+    metrics::count_by(Metric::ThoughtsTokens, model, usage.thoughts_tokens);
 }
 
 fn transport(timeout: Duration) -> impl Fn(reqwest::Error) -> Error {

@@ -7,9 +7,12 @@ use eventsource_stream::{Event, EventStreamError, Eventsource};
 use futures_core::Stream;
 use tokio::time::Instant;
 
-use crate::domain::Usage;
+use crate::{
+    domain::Usage,
+    telemetry::metrics::{self, Metric},
+};
 
-use super::{Error, ModelName, Reply, finish, interpret};
+use super::{Error, ModelName, Reply, count_usage, finish, interpret};
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
 
@@ -29,6 +32,14 @@ pub enum StreamEvent {
 pub struct ReplyStream {
     events: Events,
     requested_model: ModelName,
+    /// When the call was made: its latencies are measured from here.
+    started: Instant,
+    /// The first text chunk has been timed.
+    first_timed: bool,
+    /// The call's latency and usage have been recorded (once, at its end or drop).
+    metered: bool,
+    /// Gemini's counts as of the latest chunk, kept for the record.
+    counted: Usage,
     deadline: Instant,
     total: Duration,
     idle: Duration,
@@ -54,6 +65,7 @@ impl ReplyStream {
     pub(super) fn new(
         response: reqwest::Response,
         requested_model: ModelName,
+        started: Instant,
         deadline: Instant,
         total: Duration,
         idle: Duration,
@@ -61,6 +73,10 @@ impl ReplyStream {
         Self {
             events: Box::pin(response.bytes_stream().eventsource()),
             requested_model,
+            started,
+            first_timed: false,
+            metered: false,
+            counted: Usage::default(),
             deadline,
             total,
             idle,
@@ -84,10 +100,29 @@ impl ReplyStream {
             return None;
         }
         let event = self.advance().await;
-        if !matches!(event, Ok(StreamEvent::Text(_))) {
-            self.over = true;
+        match event {
+            Ok(StreamEvent::Text(_)) if !self.first_timed => {
+                self.first_timed = true;
+                let model = Some(self.requested_model.as_str());
+                metrics::time(Metric::FirstChunkLatency, model, self.started.elapsed());
+            }
+            Ok(StreamEvent::Text(_)) => {}
+            _ => {
+                self.over = true;
+                self.meter();
+            }
         }
         Some(event)
+    }
+
+    /// Records the whole call's latency and what Gemini counted, once.
+    fn meter(&mut self) {
+        if std::mem::replace(&mut self.metered, true) {
+            return;
+        }
+        let model = Some(self.requested_model.as_str());
+        metrics::time(Metric::GeminiLatency, model, self.started.elapsed());
+        count_usage(&self.requested_model, &self.counted);
     }
 
     async fn advance(&mut self) -> Result<StreamEvent, Error> {
@@ -128,6 +163,7 @@ impl ReplyStream {
                 .and_then(interpret)?;
             // Usage is cumulative: the latest chunk's counts are the totals so far.
             self.usage = chunk.usage.or(self.usage.take());
+            self.counted = self.usage.unwrap_or(self.counted);
             self.model_version = chunk.model_version.or(self.model_version.take());
             self.finish_reason = chunk.finish_reason;
             if !chunk.text.is_empty() {
@@ -135,6 +171,14 @@ impl ReplyStream {
                 return Ok(StreamEvent::Text(chunk.text));
             }
         }
+    }
+}
+
+impl Drop for ReplyStream {
+    /// A stream given up before its end (the client stopped it) still took its time and
+    /// was billed for what Gemini had counted.
+    fn drop(&mut self) {
+        self.meter();
     }
 }
 

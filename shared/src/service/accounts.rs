@@ -32,6 +32,7 @@ use crate::{
         self, DebitGuard, NewSession, PasswordChecks, Reservation, SessionEntry, SocketOwner,
         Store, UserItem, now_millis,
     },
+    telemetry::metrics::{self, Metric},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,16 @@ impl AccountError {
             retry_after: Duration::from_secs(minutes * 60),
         }
     }
+}
+
+/// How an account deletion ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    /// The account is gone; its books are kept under this tombstone id.
+    Done(String),
+    /// The account is closed and `retired` more of its items are gone, but the time ran
+    /// out before the last: the same request again continues.
+    Unfinished { retired: usize },
 }
 
 /// A request's authenticated user, with the user item as read to check the token.
@@ -197,6 +208,23 @@ impl<'a> Accounts<'a> {
         password: Password,
         client: Option<&ClientAddr>,
     ) -> Result<u64, AccountError> {
+        let result = self.create(username, password, client).await;
+        match &result {
+            Ok(_) => metrics::count(Metric::Registrations, 1),
+            Err(AccountError::Throttled { .. }) => {
+                metrics::count(Metric::RegistrationsThrottled, 1)
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn create(
+        &self,
+        username: &Username,
+        password: Password,
+        client: Option<&ClientAddr>,
+    ) -> Result<u64, AccountError> {
         let limits = &self.config.limits;
         let ip_window = Window::new(limits.register_ip_window);
         let ip_key = client.map(|c| format!("register-ip#{}#{}", c.subject(), ip_window.start));
@@ -232,6 +260,22 @@ impl<'a> Accounts<'a> {
     /// Checks a password and opens a session. Unknown user and wrong password are the
     /// same failure after the same work; throttled attempts are refused before the check.
     pub async fn login(
+        &self,
+        username: &str,
+        password: Password,
+        client: Option<&ClientAddr>,
+    ) -> Result<Token, AccountError> {
+        let result = self.open_session(username, password, client).await;
+        match &result {
+            Ok(_) => metrics::count(Metric::LoginsSucceeded, 1),
+            Err(AccountError::InvalidCredentials) => metrics::count(Metric::LoginsFailed, 1),
+            Err(AccountError::Throttled { .. }) => metrics::count(Metric::LoginsThrottled, 1),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn open_session(
         &self,
         username: &str,
         password: Password,
@@ -434,12 +478,18 @@ impl<'a> Accounts<'a> {
     /// records land under this account's id, where the name's next owner never reads,
     /// and a second pass, once they are over, retires them too, so that neither the
     /// text nor the books are left behind.
+    ///
+    /// A long history may not fit in one invocation: the items are retired in batches
+    /// until the function's time, less what the end of a deletion needs, runs out; then
+    /// the account stays closed (no chat, no new session) and the same request again
+    /// continues where this one stopped ([`Deletion::Unfinished`]).
     pub async fn delete_account(
         &self,
         authed: &Authed,
         password: Password,
         charge_timeout: Duration,
-    ) -> Result<String, AccountError> {
+    ) -> Result<Deletion, AccountError> {
+        let started = tokio::time::Instant::now();
         self.check_password(authed, password).await?;
         let account = &authed.user.account;
         let id = hex::encode(uuid::Uuid::now_v7().as_bytes());
@@ -465,19 +515,41 @@ impl<'a> Accounts<'a> {
                 Err(Some(_)) => return Err(self.still_running(authed).await),
             }
         };
-        self.store.retire_items(account, &id).await?;
+        // What comes after the first pass: the tombstone and the user item (a store step
+        // each), the wait for late records, and their pass.
+        let window = write_window(&self.config.store_retry);
+        let wait =
+            Duration::from_millis(user.settling_until.saturating_sub(now_millis())).min(window);
+        let after = wait + self.config.store_retry.budget * 4;
+        let until = started + self.config.function_timeout.saturating_sub(after);
+        // Boxed: a pass holds several SDK calls' futures at once.
+        let first = Box::pin(self.store.retire_items(account, &id, Some(until))).await?;
+        if !first.finished {
+            tracing::info!(user = %authed.user_key, tombstone = %id, retired = first.items, "account deletion to be continued");
+            // The password was right: a client sending the request again as told must
+            // not run into the wrong-password back-off.
+            if let Err(e) = self
+                .store
+                .clear_password_checks(&authed.user_key, &authed.session_id)
+                .await
+            {
+                tracing::warn!(error = %crate::telemetry::Chain(&e), "could not reset the password checks");
+            }
+            return Ok(Deletion::Unfinished {
+                retired: first.items,
+            });
+        }
         self.store.write_tombstone(&user, &id).await?;
         self.store.delete_user(&authed.user_key, &id).await?;
-        tracing::info!(user = %authed.user_key, tombstone = %id, "account deleted");
-        let wait = user.settling_until.saturating_sub(now_millis());
-        if wait > 0 {
-            let window = write_window(&self.config.store_retry);
-            tokio::time::sleep(Duration::from_millis(wait).min(window)).await;
+        tracing::info!(user = %authed.user_key, tombstone = %id, retired = first.items, "account deleted");
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
             // The account is gone whatever this finds; a failure only leaves records
             // under an id that nobody reads.
-            match self.store.retire_items(account, &id).await {
-                Ok(0) => {}
+            match Box::pin(self.store.retire_items(account, &id, None)).await {
+                Ok(late) if late.items == 0 => {}
                 Ok(late) => {
+                    let late = late.items;
                     tracing::warn!(user = %authed.user_key, tombstone = %id, late, "retired records that landed after the deletion")
                 }
                 Err(e) => {
@@ -485,7 +557,7 @@ impl<'a> Accounts<'a> {
                 }
             }
         }
-        Ok(id)
+        Ok(Deletion::Done(id))
     }
 
     /// The refusal of an account deletion while chats run. The password was right, so
@@ -522,6 +594,7 @@ impl<'a> Accounts<'a> {
             if let Some(wait) = seen.held_until.checked_sub(now).filter(|w| *w > 0)
                 && seen.count >= self.config.limits.login_free_failures
             {
+                metrics::count(Metric::LoginsThrottled, 1);
                 let wait = Duration::from_millis(wait);
                 return Err(AccountError::throttled(Limit::WrongPasswords, wait));
             }
@@ -548,6 +621,7 @@ impl<'a> Accounts<'a> {
                 },
             }
         }
+        metrics::count(Metric::LoginsThrottled, 1);
         Err(AccountError::throttled(
             Limit::WrongPasswords,
             self.config.limits.login_backoff,

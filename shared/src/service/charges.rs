@@ -27,7 +27,10 @@ use crate::{
         self, ChargeState, ChatOutcome, Close, Debit, DebitGuard, OpenCharge, RetryPolicy, Store,
         Touched, UserItem, now_millis,
     },
-    telemetry::Chain,
+    telemetry::{
+        Chain,
+        metrics::{self, Metric},
+    },
 };
 
 /// Why an abandoned charge was refunded.
@@ -403,10 +406,13 @@ impl<'a> Charges<'a> {
                 .await
             {
                 Ok(true) if answered => {
+                    metrics::count_by(Metric::ChargesRecovered, "settled", 1);
                     tracing::warn!(user = %charge.account.user_key, charge = %charge.id, "settled an abandoned, answered charge")
                 }
                 Ok(true) => {
                     back += charge.cost;
+                    metrics::count_by(Metric::ChargesRecovered, "refunded", 1);
+                    metrics::count(Metric::CreditsRefunded, charge.cost);
                     tracing::warn!(user = %charge.account.user_key, charge = %charge.id, cost = charge.cost, "refunded an abandoned charge");
                     let record = ChatOutcome::Refunded {
                         message: None,

@@ -25,7 +25,10 @@ use crate::{
         self, Account, ChargeState, Claim, DebitGuard, KeyOwner, OpenCharge, PastTurn, Store,
         now_millis,
     },
-    telemetry::Chain,
+    telemetry::{
+        Chain,
+        metrics::{self, Metric},
+    },
 };
 
 /// A chat turn that can't go on, in the service's terms.
@@ -239,6 +242,8 @@ impl<'a> ChatService<'a> {
             cost: req.model.cost,
             opened_at: now_millis(),
         };
+        // The api's span for this chat (if any) carries the charge id from here on.
+        tracing::Span::current().record("charge", charge.id.as_str());
         let owner = KeyOwner {
             charge_id: charge.id.clone(),
             conversation_id: charge.conversation_id.clone(),
@@ -375,6 +380,7 @@ impl<'a> ChatService<'a> {
             Ended::Failed(err) => cut(err.blocked_reason().unwrap_or_default()),
         };
         let refunded = turn.hold.balance + recovered + turn.hold.charge.cost;
+        let (model, cost) = (turn.model.id.clone(), turn.hold.charge.cost);
         let watchers = turn.watchers.clone();
         let answered = self.answered(turn, reply, recovered).await;
         if recovered > 0
@@ -384,12 +390,25 @@ impl<'a> ChatService<'a> {
             self.push.balance(&watchers, answer.tokens_remaining).await;
         }
         match answered {
-            Ok(answer) if ending == Ending::Finished => Closed::Done(answer),
-            Ok(answer) => Closed::Cut(answer),
-            Err(error @ ChatError::Withheld(_)) => Closed::Refunded {
-                error,
-                tokens_remaining: Some(refunded),
-            },
+            Ok(answer) if ending == Ending::Finished => {
+                metrics::count_by(Metric::ChatsAnswered, &model, 1);
+                Closed::Done(answer)
+            }
+            Ok(answer) => {
+                // Stopped by its client: the answer they wanted. Stopped for the
+                // prompt's sake: a refusal, though the words given were paid for.
+                if ending == Ending::Cancelled {
+                    metrics::count_by(Metric::ChatsAnswered, &model, 1);
+                }
+                Closed::Cut(answer)
+            }
+            Err(error @ ChatError::Withheld(_)) => {
+                metrics::count_by(Metric::CreditsRefunded, &model, cost);
+                Closed::Refunded {
+                    error,
+                    tokens_remaining: Some(refunded),
+                }
+            }
             Err(error) => Closed::Unsettled(error),
         }
     }
@@ -481,6 +500,7 @@ impl<'a> ChatService<'a> {
             Err(ChargeError::Store(e)) => return Err(ChatError::Unsettled(e)),
             Err(other) => return Err(other.into()),
         };
+        metrics::count_by(Metric::CreditsCharged, &answer.model, answer.cost);
         tracing::info!(
             user = %hold.charge.account.user_key, charge = %hold.charge.id, cost = hold.charge.cost,
             balance = answer.tokens_remaining, model = %answer.model,
@@ -545,6 +565,7 @@ impl<'a> ChatService<'a> {
             keep_key
         );
         if refunded {
+            metrics::count_by(Metric::CreditsRefunded, &turn.model.id, hold.charge.cost);
             tracing::warn!(user = %user.user_key, charge = %hold.charge.id, reason, "turn stopped; refunded");
         }
         let balance = refunded.then_some(hold.balance + recovered + hold.charge.cost);
@@ -725,24 +746,30 @@ impl OpenStream {
         let usage = stream.usage_so_far();
         // Gemini is not asked for more of an answer that is over.
         drop(stream);
-        report(
-            match service.end(turn, ended, handed, usage, recovered).await {
-                Closed::Done(answer) => Progress::Done(answer),
-                Closed::Cut(answer) => Progress::Cut(answer),
-                Closed::Refunded {
-                    error,
-                    tokens_remaining,
-                } => Progress::Failed {
-                    error,
-                    charged: Some(false),
-                    tokens_remaining,
-                },
-                Closed::Unsettled(error) => Progress::Failed {
-                    error,
-                    charged: None,
-                    tokens_remaining: None,
-                },
+        let closed = service.end(turn, ended, handed, usage, recovered).await;
+        match &closed {
+            Closed::Done(answer) => metrics::count_by(Metric::ChatsStreamed, &answer.model, 1),
+            Closed::Cut(answer) if answer.finish_reason.as_deref() == Some(CANCELLED) => {
+                metrics::count_by(Metric::ChatsStreamed, &answer.model, 1)
+            }
+            _ => {}
+        }
+        report(match closed {
+            Closed::Done(answer) => Progress::Done(answer),
+            Closed::Cut(answer) => Progress::Cut(answer),
+            Closed::Refunded {
+                error,
+                tokens_remaining,
+            } => Progress::Failed {
+                error,
+                charged: Some(false),
+                tokens_remaining,
             },
-        );
+            Closed::Unsettled(error) => Progress::Failed {
+                error,
+                charged: None,
+                tokens_remaining: None,
+            },
+        });
     }
 }

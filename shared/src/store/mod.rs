@@ -16,6 +16,7 @@
 //! again, and nothing written late for the deleted account lands where its next owner
 //! reads. Accounts made before ids keep theirs under `USER#<name key>`.
 
+mod batch;
 mod conversations;
 mod credits;
 mod idempotency;
@@ -41,7 +42,7 @@ pub use idempotency::{Claim, KeyOwner};
 pub use retry::RetryPolicy;
 pub use sockets::{SocketOwner, TakenTicket};
 pub use throttle::Reservation;
-pub use users::{Ledger, NewSession, PasswordChecks, SessionEntry, Tombstone, UserItem};
+pub use users::{Ledger, NewSession, PasswordChecks, Retired, SessionEntry, Tombstone, UserItem};
 
 use crate::telemetry::BoxError;
 

@@ -26,6 +26,7 @@ use aws_sdk_dynamodb::{
 use backon::{ExponentialBuilder, Retryable};
 
 use super::{Error, Store};
+use crate::telemetry::metrics::{self, Metric};
 
 /// How the store retries and how long one DynamoDB attempt may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +88,7 @@ impl Store {
             .sleep(tokio::time::sleep)
             .when(is_transient)
             .notify(|err, wait| {
+                metrics::count(Metric::StoreRetries, 1);
                 tracing::warn!(
                     op,
                     code = err.code().unwrap_or("-"),
@@ -94,12 +96,16 @@ impl Store {
                     "DynamoDB call failed; retrying"
                 )
             });
-        match tokio::time::timeout(policy.budget, attempts).await {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(err)) if is_transient(&err) => Err(Failure::Exhausted(err)),
-            Ok(Err(err)) => Err(Failure::Final(err)),
-            Err(_) => Err(Failure::OutOfTime),
+        let failure = match tokio::time::timeout(policy.budget, attempts).await {
+            Ok(Ok(out)) => return Ok(out),
+            Ok(Err(err)) if is_transient(&err) => Failure::Exhausted(err),
+            Ok(Err(err)) => Failure::Final(err),
+            Err(_) => Failure::OutOfTime,
+        };
+        if failure.is_failure() {
+            metrics::count(Metric::StoreFailures, 1);
         }
+        Err(failure)
     }
 }
 
@@ -189,6 +195,19 @@ where
             }
         }
         _ => false,
+    }
+}
+
+impl<E: ProvideErrorMetadata> Failure<E> {
+    /// The call failed, rather than answered that its condition did not hold.
+    fn is_failure(&self) -> bool {
+        match self {
+            Self::Final(SdkError::ServiceError(ctx)) => !matches!(
+                ctx.err().code(),
+                Some("ConditionalCheckFailedException" | "TransactionCanceledException")
+            ),
+            _ => true,
+        }
     }
 }
 

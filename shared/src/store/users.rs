@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::{
 };
 
 use super::{
-    Account, Error, Item, PK, PROFILE, SK, Store, deleted_pk, get_n, get_opt_s, get_s, n,
+    Account, Error, Item, PK, PROFILE, SK, Store, batch, deleted_pk, get_n, get_opt_s, get_s, n,
     now_millis, s, user_pk,
 };
 use crate::domain::{ConversationId, Network, Username};
@@ -540,6 +540,18 @@ const TOMBSTONE: &str = "ACCOUNT";
 /// Attributes of a chat item that hold what the user wrote or was told.
 const CHAT_TEXT: [&str; 2] = ["message", "response"];
 
+/// Items a deletion reads per page (at most 1 MB comes back, whatever this says).
+const RETIRE_PAGE: i32 = 500;
+
+/// How far a pass over a deleted account's items got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retired {
+    /// Items retired by this pass.
+    pub items: usize,
+    /// Nothing was left when it ended (it did not stop at its deadline).
+    pub finished: bool,
+}
+
 impl Store {
     /// Marks the user item of `account` as being deleted, unless a charge is open: from
     /// then on no debit lands (the debit's condition). Returns the item with the
@@ -590,50 +602,96 @@ impl Store {
     }
 
     /// Moves the account's chats under `DELETED#<id>` without their text and deletes
-    /// every other item it owns but its user item. Each step is a plain put or delete,
-    /// so running it again (after a failure, or for records that landed later) finishes
-    /// it. Returns how many items it retired.
-    pub async fn retire_items(&self, account: &Account, id: &str) -> Result<usize, Error> {
+    /// every other item it owns but its user item, a page at a time: each page's
+    /// anonymised copies land (batched, several batches at once) before its originals
+    /// go, and the next page is read meanwhile. Every write is a plain put or delete, so
+    /// running it again (after a failure, a pass stopped at `until`, or for records that
+    /// landed later) continues where it stopped: what was retired is gone, and a copy
+    /// written twice is the same copy.
+    ///
+    /// Stops before starting another page after `until`, if given (the first is always
+    /// retired): [`Retired::finished`] says whether anything may be left.
+    pub async fn retire_items(
+        &self,
+        account: &Account,
+        id: &str,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<Retired, Error> {
         let query = self
             .client
             .query()
+            .table_name(&self.table)
             .key_condition_expression("pk = :pk")
-            .expression_attribute_values(":pk", account.items_pk());
-        let mut retired = 0;
-        for item in self.query_all(query).await? {
+            .expression_attribute_values(":pk", account.items_pk())
+            .consistent_read(true)
+            .limit(RETIRE_PAGE);
+        let read = |start: Option<Item>| {
+            let page = query.clone().set_exclusive_start_key(start);
+            Box::pin(async move {
+                self.send("Query", || page.clone().send())
+                    .await
+                    .map_err(|f| f.into_error("Query"))
+            })
+        };
+        let mut retired = Retired {
+            items: 0,
+            finished: false,
+        };
+        let mut page = read(None).await?;
+        loop {
+            let next = page.last_evaluated_key.take().filter(|k| !k.is_empty());
+            let items = page.items.take().unwrap_or_default();
+            let (done, following) = tokio::join!(self.retire_page(account, id, items), async {
+                match next {
+                    Some(start) => read(Some(start)).await.map(Some),
+                    None => Ok(None),
+                }
+            });
+            retired.items += done?;
+            match following? {
+                // Every pass retires a page at least, so that passes always get through.
+                Some(_) if until.is_some_and(|until| tokio::time::Instant::now() >= until) => {
+                    return Ok(retired);
+                }
+                Some(following) => page = following,
+                None => {
+                    retired.finished = true;
+                    return Ok(retired);
+                }
+            }
+        }
+    }
+
+    /// Retires one page of an account's items: the copies first, then the originals.
+    async fn retire_page(
+        &self,
+        account: &Account,
+        id: &str,
+        items: Vec<Item>,
+    ) -> Result<usize, Error> {
+        let (mut copies, mut deletes) = (Vec::new(), Vec::new());
+        for mut item in items {
             let sk = get_s(&item, SK)?;
             // An account made before ids keeps its items beside its user item, which
             // goes last (or is already the name's next owner's).
             if sk == PROFILE {
                 continue;
             }
+            let key = HashMap::from([(PK.to_owned(), account.items_pk()), (SK.to_owned(), s(&sk))]);
             if sk.starts_with("CHAT#") {
-                let mut copy = item.clone();
-                copy.insert(PK.to_owned(), deleted_pk(id));
+                item.insert(PK.to_owned(), deleted_pk(id));
                 for attr in CHAT_TEXT {
-                    copy.remove(attr);
+                    item.remove(attr);
                 }
-                let put = self
-                    .client
-                    .put_item()
-                    .table_name(&self.table)
-                    .set_item(Some(copy));
-                self.send("PutItem", || put.clone().send())
-                    .await
-                    .map_err(|f| f.into_error("PutItem"))?;
+                copies.push(batch::put(item)?);
             }
-            let delete = self
-                .client
-                .delete_item()
-                .table_name(&self.table)
-                .key(PK, account.items_pk())
-                .key(SK, s(sk));
-            self.send("DeleteItem", || delete.clone().send())
-                .await
-                .map_err(|f| f.into_error("DeleteItem"))?;
-            retired += 1;
+            deletes.push(batch::delete(key)?);
         }
-        Ok(retired)
+        let count = deletes.len();
+        // A chat's record is never gone before its anonymised copy is there.
+        self.write_all(copies).await?;
+        self.write_all(deletes).await?;
+        Ok(count)
     }
 
     /// Writes the tombstone of the deleted account `id`: its books as `user` holds them.

@@ -79,6 +79,14 @@ pub fn chat_event(token: &str, message: &str, idempotency_key: Option<&str>) -> 
     event
 }
 
+/// `events/chat.json` asking for Server-Sent Events.
+pub fn streamed(setup: &Setup, message: &str) -> Value {
+    let mut event = chat_event(&setup.token, message, None);
+    event["headers"]["Accept"] = json!("text/event-stream");
+    event["multiValueHeaders"]["Accept"] = json!(["text/event-stream"]);
+    event
+}
+
 pub async fn invoke(runtime: &RuntimeApi, event: Value) -> Outcome {
     tokio::time::timeout(Duration::from_secs(60), runtime.invoke(event))
         .await
@@ -121,6 +129,7 @@ impl Setup {
             function_timeout: Duration::from_secs(8),
             store_retry: Default::default(),
             websocket_url: None,
+            metrics_namespace: "ChatBackend".to_owned(),
             cors: Default::default(),
         };
         shared::App::new(config, self.store.clone())

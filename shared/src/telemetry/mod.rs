@@ -24,3 +24,5 @@ impl std::fmt::Display for Chain<'_> {
         Ok(())
     }
 }
+
+pub mod metrics;
