@@ -97,14 +97,125 @@
 
   // How a chat's answer reaches the page. A transport takes the chat request and handlers
   // {start, delta, done, error} (the API's stream events) and returns
-  // {stop(), finished}: `stop` ends the reading, `finished` settles when the answer is
-  // over ({stopped}) or rejects with ApiError/OfflineError when it never started. Only
-  // Server-Sent Events today; another transport (a WebSocket) goes beside it in
-  // `transports`, and `chat` picks.
-  const transports = { sse: sseChat };
+  // {stop(), finished}: `stop` ends the answer, `finished` settles when the answer is
+  // over ({stopped, refunded}) or rejects with ApiError/OfflineError when it never
+  // started. Over the WebSocket, when it is open, Stop really stops Gemini; otherwise
+  // Server-Sent Events, where Stop only stops the reading.
+  const transports = { sse: sseChat, ws: wsChat };
 
   function chat(request, handlers) {
-    return transports.sse(request, handlers);
+    // A browser that says it is offline gets the HTTP path, which fails at once and keeps
+    // the message: a socket may linger open for a while after the network went away.
+    const ws = live.open && navigator.onLine !== false;
+    return ws ? transports.ws(request, handlers) : transports.sse(request, handlers);
+  }
+
+  // The WebSocket API, when the deployment has one (POST api/ws-ticket/ says where): one
+  // connection per tab, opened with a single-use ticket, carrying chats and the balance
+  // the server pushes after any charge or refund, from this tab or any other screen.
+  const live = { ws: null, open: false, turns: new Map(), onBalance: null, wanted: false, retry: 0, timer: null };
+
+  async function connectLive(onBalance) {
+    live.onBalance = onBalance;
+    live.wanted = true;
+    if (live.ws || live.unavailable || !session.token || typeof WebSocket === 'undefined') return;
+    let ticket;
+    try {
+      ({ data: ticket } = await request('POST', 'api/ws-ticket/'));
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) live.unavailable = true; // no WebSocket API here
+      else reconnectLive();
+      return;
+    }
+    if (!live.wanted || live.ws) return;
+    const ws = new WebSocket(`${ticket.url}?ticket=${encodeURIComponent(ticket.ticket)}`);
+    live.ws = ws;
+    ws.onopen = () => { live.open = true; live.retry = 0; };
+    ws.onmessage = (event) => {
+      let frame;
+      try { frame = JSON.parse(event.data); } catch (_) { return; }
+      if (frame.type === 'balance') {
+        if (live.onBalance) live.onBalance(frame.tokens);
+      } else if (live.turns.has(frame.request_id)) {
+        live.turns.get(frame.request_id)(frame);
+      }
+    };
+    ws.onclose = () => {
+      if (live.ws !== ws) return;
+      live.ws = null;
+      live.open = false;
+      for (const turn of [...live.turns.values()]) turn({ type: 'closed' });
+      reconnectLive();
+    };
+  }
+
+  function reconnectLive() {
+    if (!live.wanted || live.timer) return;
+    const wait = Math.min(30000, 1000 * 2 ** live.retry);
+    live.retry += 1;
+    live.timer = setTimeout(() => { live.timer = null; connectLive(live.onBalance); }, wait);
+  }
+
+  function disconnectLive() {
+    live.wanted = false;
+    clearTimeout(live.timer);
+    live.timer = null;
+    const ws = live.ws;
+    live.ws = null;
+    live.open = false;
+    if (ws) ws.close();
+  }
+
+  // The HTTP status an `error` frame's code stands for, so the page treats it as it
+  // treats the same error from POST /api/chat/.
+  const STATUS = {
+    malformed_json: 400, invalid_field: 400, not_authenticated: 401, invalid_token: 401, token_expired: 401,
+    insufficient_credits: 402, not_found: 404, idempotency_in_progress: 409, content_blocked: 422,
+    idempotency_key_reused: 422, too_many_chats_in_flight: 429, chat_rate_exceeded: 429, model_error: 502,
+    model_unavailable: 503, service_unavailable: 503, model_timeout: 504,
+  };
+
+  // {"action": "chat"} on the open WebSocket; its frames are the stream's events.
+  function wsChat(request, handlers) {
+    const id = crypto.randomUUID();
+    let started = false;
+    let stopped = false;
+    const finished = new Promise((resolve, reject) => {
+      live.turns.set(id, (frame) => {
+        const handler = handlers[frame.type];
+        if (frame.type === 'start' || frame.type === 'delta') {
+          started = true;
+          if (handler) handler(frame);
+          return;
+        }
+        live.turns.delete(id);
+        if (frame.type === 'done') {
+          if (handler) handler(frame);
+          resolve({ stopped: false });
+        } else if (frame.type === 'error' && frame.code === 'cancelled') {
+          resolve({ stopped: true, refunded: true }); // stopped before any word: not charged
+        } else if (frame.type === 'error' && started) {
+          if (handler) handler(frame);
+          resolve({ stopped: false });
+        } else if (frame.type === 'error') {
+          const err = new ApiError(STATUS[frame.code] || 500, frame, new Headers());
+          if (typeof frame.tokens === 'number') err.balance = frame.tokens;
+          reject(err);
+        } else if (stopped) {
+          resolve({ stopped: true });
+        } else {
+          reject(new OfflineError('The connection broke while the answer was streaming.'));
+        }
+      });
+    });
+    live.ws.send(JSON.stringify({ action: 'chat', ...request, request_id: id }));
+    return {
+      stop() {
+        stopped = true;
+        if (live.open) live.ws.send(JSON.stringify({ action: 'cancel', request_id: id }));
+      },
+      finished,
+    };
   }
 
   // POST /api/chat/ with Accept: text/event-stream, read with fetch and a stream reader
@@ -172,5 +283,8 @@
     }
   }
 
-  window.ChatApi = { api, chat, session, ApiError, OfflineError, transports };
+  window.ChatApi = {
+    api, chat, session, ApiError, OfflineError, transports,
+    live: { connect: connectLive, disconnect: disconnectLive, get open() { return live.open; } },
+  };
 })();

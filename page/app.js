@@ -145,6 +145,7 @@
 
   function signedOut(message) {
     if (state.turn) state.turn.stop();
+    ChatApi.live.disconnect();
     session.clear();
     $('message').value = ''; // a draft is the signed-out user's, not the next one's
     $('conversations').replaceChildren();
@@ -161,6 +162,7 @@
     newChat(false);
     loadModels();
     refreshBalance();
+    ChatApi.live.connect(setBalance); // the balance moves live, and Stop really stops
     await loadConversations(false);
     $('message').focus();
   }
@@ -467,9 +469,11 @@
         }
       },
       done(data) {
-        written = data.response;
+        if (typeof data.response === 'string') written = data.response;
         paint();
         setBalance(data.tokens_remaining);
+        const ending = endingNote(data.finish_reason);
+        if (ending) note(answer, ending);
       },
       error(data) {
         // The stream ended early; the API says whether the words received were charged.
@@ -482,8 +486,12 @@
     state.turn = turn;
     streaming(true);
     try {
-      const { stopped } = await turn.finished;
-      if (stopped) {
+      const { stopped, refunded } = await turn.finished;
+      if (stopped && refunded) {
+        answer.remove();
+        question.remove();
+        alertText('Stopped before the answer began; you were not charged.');
+      } else if (stopped) {
         paint();
         note(answer, 'Stopped. The answer is still being written on the server; it is kept in this conversation and charged.');
       }

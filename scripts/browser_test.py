@@ -383,19 +383,37 @@ def drive(driver, base, allowed_frontend_port, other_frontend_port, check):
         time.sleep(0.5)
         check("and costs nothing (still 3820)", "3820" in balance_text(), balance_text())
 
-        # Stop mid-stream: the reading ends; the answer is still kept and charged.
+        # A second tab of the same user, open while the first one chats: its balance must
+        # move without a reload (pushed over its WebSocket).
+        first_tab = driver.current_window_handle
+        driver.switch_to.new_window("tab")
+        driver.get(base + "/")
+        wait().until(lambda d: "3820" in balance_text())
+        second_tab = driver.current_window_handle
+        time.sleep(1.0)  # its WebSocket opens
+        driver.switch_to.window(first_tab)
+
+        # Stop mid-stream, over the WebSocket: Gemini is stopped; the words given are the
+        # answer, kept and charged once.
         until_named("textbox", "Message").clear()
         type_message("[standin:long=300] a very long story please")
         wait().until(lambda d: len(answers()[-1].text) > 80 if answers() else False)
         until_named("button", "Stop").click()
         wait().until(lambda d: named("button", "Send") is not None)
+        wait().until(lambda d: "Stopped on request" in answers()[-1].text)
         stopped = answers()[-1].text
-        check("Stop ends the reading and says the answer is kept and charged",
-              named("button", "Stop") is None and "kept in this conversation and charged" in stopped, stopped[-200:])
+        check("Stop really stops: the answer ends where it got, kept and charged",
+              named("button", "Stop") is None and "Stopped on request; the words above were charged" in stopped,
+              stopped[-200:])
         time.sleep(1.0)
         check("no more text arrives after Stop", answers()[-1].text == stopped)
         wait().until(lambda d: "3780" in balance_text())
         check("the stopped answer was charged (3780)", "3780" in balance_text(), balance_text())
+        driver.switch_to.window(second_tab)
+        wait(10).until(lambda d: "3780" in balance_text())
+        check("the other tab's balance moved without a reload (3780)", "3780" in balance_text(), balance_text())
+        driver.close()
+        driver.switch_to.window(first_tab)
 
         # Deleting a conversation asks first; declining keeps it.
         until_named("button", "Delete Story time").click()

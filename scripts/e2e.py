@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """End to end: start the local API the way the README does (scripts/dev), drive
-register -> login -> chat -> tokens over HTTP on loopback, use the chat page in a real
-browser (scripts/browser_test.py: headless Chromium, the page's own origin and two others
-for CORS), run the contract test (schemathesis against openapi.yaml) on the same API, stop
-it as Ctrl-C would, and check that nothing it started is still running. Standard library
-only; schemathesis and Selenium run from their own virtualenvs under .local/."""
+register -> login -> chat -> tokens over HTTP on loopback, chat over the WebSocket API
+with a real WebSocket client (scripts/e2e_ws.py), use the chat page in a real browser
+(scripts/browser_test.py: headless Chromium, the page's own origin and two others for
+CORS), run the contract test (schemathesis against openapi.yaml) on the same API, stop it
+as Ctrl-C would, and check that nothing it started is still running. Standard library
+only; schemathesis, `websockets` and Selenium run from their own virtualenvs under
+.local/."""
 
 import json
 import os
@@ -35,6 +37,9 @@ CONTRACT_CHECKS = ",".join([
     "unsupported_method", "allow_header_conformance", "ignored_auth",
 ])
 CONTRACT_SEED = 1
+# The WebSocket client library, pinned, in its own virtualenv.
+WEBSOCKETS_VERSION = "17.4"
+WEBSOCKETS_VENV = os.path.join(ROOT, ".local", "websockets")
 
 
 def free_port():
@@ -78,18 +83,22 @@ def call(base, method, path, body=None, token=None, raw=None, content_type="appl
 
 
 def install_schemathesis():
-    """Installs the pinned schemathesis into its virtualenv unless it is there. Returns an
+    return install(SCHEMATHESIS_VENV, "schemathesis", SCHEMATHESIS_VERSION)
+
+
+def install(venv, package, version):
+    """Installs the pinned `package` into its virtualenv unless it is there. Returns an
     error message, or None. (Before the API starts: `cargo lambda watch` restarts every
     function when files in the tree change.)"""
-    python = os.path.join(SCHEMATHESIS_VENV, "bin", "python")
+    python = os.path.join(venv, "bin", "python")
     if os.path.exists(python):
-        have = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('schemathesis'))"],
+        have = subprocess.run([python, "-c", f"import importlib.metadata as m; print(m.version('{package}'))"],
                               capture_output=True, text=True)
-        if have.stdout.strip() == SCHEMATHESIS_VERSION:
+        if have.stdout.strip() == version:
             return None
-    print(f"e2e: installing schemathesis {SCHEMATHESIS_VERSION} into {os.path.relpath(SCHEMATHESIS_VENV, ROOT)}")
-    script = (f'python3 -m venv "{SCHEMATHESIS_VENV}" && "{SCHEMATHESIS_VENV}/bin/pip" install --quiet '
-              f'--disable-pip-version-check "schemathesis=={SCHEMATHESIS_VERSION}"')
+    print(f"e2e: installing {package} {version} into {os.path.relpath(venv, ROOT)}")
+    script = (f'python3 -m venv "{venv}" && "{venv}/bin/pip" install --quiet '
+              f'--disable-pip-version-check "{package}=={version}"')
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     return None if done.returncode == 0 else (done.stdout + done.stderr)[-2000:]
 
@@ -190,7 +199,8 @@ def leftovers(markers):
 
 
 def main():
-    ports = {"DYNAMODB_PORT": free_port(), "API_PORT": free_port(), "GEMINI_STANDIN_PORT": free_port()}
+    ports = {"DYNAMODB_PORT": free_port(), "API_PORT": free_port(), "GEMINI_STANDIN_PORT": free_port(),
+             "WS_PORT": free_port(), "WS_MANAGEMENT_PORT": free_port()}
     # A frontend on another origin that the API lets in (the CORS test); a second one on
     # another free port is not on the list.
     frontend_port = free_port()
@@ -204,6 +214,8 @@ def main():
     r = Results()
     failed_install = install_schemathesis()
     r.check("schemathesis installs", failed_install is None, failed_install)
+    failed_ws_install = install(WEBSOCKETS_VENV, "websockets", WEBSOCKETS_VERSION)
+    r.check("websockets installs", failed_ws_install is None, failed_ws_install)
     failed_browser = browser_test.install()
     r.check("the browser tools install (chromium, chromium-driver, selenium, axe-core)", failed_browser is None,
             failed_browser)
@@ -283,6 +295,16 @@ def main():
         r.check("Gemini overload is 503 and refunded", status == 503, (status, body))
         status, _, body = call(base, "GET", "/api/tokens", token=token)
         r.check("balance unchanged after the failure", body == {"tokens": 3700}, body)
+        r.check("scripts/dev prints the WebSocket URL", f"ws://127.0.0.1:{ports['WS_PORT']}/ws" in open(log.name).read())
+
+        # The WebSocket API through the local gateway, with a real WebSocket client.
+        if failed_ws_install is None:
+            ws = subprocess.run([os.path.join(WEBSOCKETS_VENV, "bin", "python"), os.path.join(ROOT, "scripts", "e2e_ws.py"),
+                                 base, token], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+            lines = [json.loads(line) for line in ws.stdout.splitlines() if line.startswith("{")]
+            for line in lines:
+                r.check(f"websocket: {line['check']}", line["ok"], line["detail"])
+            r.check("websocket: every check ran", len(lines) >= 7, ws.stderr[-2000:])
 
         status, _, body = call(base, "POST", "/api/chat/", {"message": "hi"})
         r.check("chat without a token is 401", status == 401 and body.get("code") == "not_authenticated", body)

@@ -142,6 +142,38 @@ impl Token {
     }
 }
 
+/// A WebSocket ticket: 256 random bits, handed out once and good for one `$connect`
+/// (browsers can't send `Authorization` on a WebSocket, so the URL carries it). Only
+/// its SHA-256 is stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Ticket(String);
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ticket(***)")
+    }
+}
+
+impl Ticket {
+    pub fn issue() -> Result<Self, Error> {
+        Ok(Self(hex::encode(random::<32>()?)))
+    }
+
+    /// `None` for anything not shaped like a ticket (no store read needed).
+    pub fn parse(raw: &str) -> Option<Self> {
+        let ok = raw.len() == 64 && raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        ok.then(|| Self(raw.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn digest(&self) -> String {
+        hex::encode(Sha256::digest(self.0.as_bytes()))
+    }
+}
+
 fn random<const N: usize>() -> Result<[u8; N], Error> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(|e| Error(format!("no randomness: {e}")))?;

@@ -41,6 +41,9 @@ pub struct Config {
     /// How DynamoDB calls are timed and retried (`DYNAMODB_ATTEMPT_TIMEOUT_MS`, default
     /// 500; `DYNAMODB_RETRY_BUDGET_MS`, default 1200; `DYNAMODB_MAX_ATTEMPTS`, default 6).
     pub store_retry: RetryPolicy,
+    /// The WebSocket API (`WEBSOCKET_URL`, e.g. `wss://…/prod`): the chat function hands
+    /// it out with tickets, and the chat page may connect to it. Unset: none.
+    pub websocket_url: Option<String>,
     /// The CloudWatch namespace of the functions' own metrics (`METRICS_NAMESPACE`,
     /// default `ChatBackend`).
     pub metrics_namespace: String,
@@ -304,6 +307,7 @@ impl Config {
             charge_timeout: Duration::from_secs(parse_or("CHARGE_TIMEOUT_SECS", 60u64)?),
             function_timeout: Duration::from_secs(parse_or("FUNCTION_TIMEOUT_SECS", 29u64)?),
             store_retry,
+            websocket_url: optional("WEBSOCKET_URL"),
             metrics_namespace: optional("METRICS_NAMESPACE")
                 .unwrap_or_else(|| crate::telemetry::metrics::DEFAULT_NAMESPACE.to_owned()),
             cors: AllowedOrigins::parse(&optional("CORS_ALLOWED_ORIGINS").unwrap_or_default())
@@ -457,6 +461,60 @@ impl GeminiConfig {
     /// `GEMINI_API_KEY` from the environment, if set and not blank.
     pub fn api_key_from_env() -> Option<Secret> {
         optional("GEMINI_API_KEY").map(Secret::new)
+    }
+}
+
+/// The WebSocket API (chat function only).
+#[derive(Debug, Clone)]
+pub struct SocketConfig {
+    /// The `@connections` API (`WEBSOCKET_MANAGEMENT_ENDPOINT`); unset: learnt from the
+    /// first WebSocket event's domain and stage.
+    pub management_endpoint: Option<String>,
+    /// How long a ticket may wait for its `$connect` (`WEBSOCKET_TICKET_SECS`, default and
+    /// most 60).
+    pub ticket_ttl: Duration,
+    /// Open connections one user may hold (`WEBSOCKET_MAX_CONNECTIONS`, default 10).
+    pub max_per_user: usize,
+    /// How often a running chat looks for a cancel (`WEBSOCKET_CANCEL_POLL_MS`, default
+    /// 250: four small reads a second while an answer streams).
+    pub cancel_poll: Duration,
+    /// The least time between two delta frames (`WEBSOCKET_FRAME_INTERVAL_MS`, default
+    /// 50: at most 20 billed messages a second).
+    pub frame_interval: Duration,
+}
+
+impl SocketConfig {
+    /// API Gateway closes a connection after two hours; its items live a little longer.
+    pub const CONNECTION_LIFE: Duration = Duration::from_secs(2 * 3600 + 600);
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            management_endpoint: optional("WEBSOCKET_MANAGEMENT_ENDPOINT"),
+            ticket_ttl: Duration::from_secs(in_range("WEBSOCKET_TICKET_SECS", 60, 1..=60)?),
+            max_per_user: in_range("WEBSOCKET_MAX_CONNECTIONS", 10, 1..=100)?,
+            cancel_poll: Duration::from_millis(in_range(
+                "WEBSOCKET_CANCEL_POLL_MS",
+                250,
+                50..=5000,
+            )?),
+            frame_interval: Duration::from_millis(in_range(
+                "WEBSOCKET_FRAME_INTERVAL_MS",
+                50,
+                0..=1000,
+            )?),
+        })
+    }
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            management_endpoint: None,
+            ticket_ttl: Duration::from_secs(60),
+            max_per_user: 10,
+            cancel_poll: Duration::from_millis(250),
+            frame_interval: Duration::from_millis(50),
+        }
     }
 }
 

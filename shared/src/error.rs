@@ -17,6 +17,7 @@ use crate::{
         charges::ChargeError,
         chat::ChatError,
         conversations::ConversationError,
+        sockets::SocketError,
     },
     store,
 };
@@ -70,6 +71,18 @@ pub enum ApiError {
     IdempotencyInProgress,
     #[error("The model would not answer this message ({reason}); you were not charged.")]
     ContentBlocked { reason: String },
+    /// A WebSocket client stopped its chat before the first words: refunded. (Never an
+    /// HTTP answer: only a WebSocket client can cancel.)
+    #[error("You stopped the answer before its first words; you were not charged.")]
+    Cancelled,
+    /// A WebSocket message whose `action` this API does not know.
+    #[error("Unknown action {0:?}; send chat, cancel or balance.")]
+    UnknownAction(String),
+    /// A WebSocket ticket that does not exist, was used or has expired.
+    #[error("The ticket is not valid (unknown, used or expired); ask for a new one.")]
+    BadTicket,
+    #[error("Too many open WebSocket connections on this account; close one first.")]
+    TooManyConnections,
     #[error("{}", upstream_detail(.0))]
     Upstream(#[source] gemini::Error),
     #[error("The service is briefly overloaded; try again shortly. You were not charged.")]
@@ -99,7 +112,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
-            MalformedJson | InvalidField { .. } => StatusCode::BAD_REQUEST,
+            MalformedJson | InvalidField { .. } | UnknownAction(_) => StatusCode::BAD_REQUEST,
+            BadTicket => StatusCode::UNAUTHORIZED,
+            TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
+            Cancelled => StatusCode::CONFLICT,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -143,6 +159,10 @@ impl ApiError {
             IdempotencyInProgress => "idempotency_in_progress",
             InsufficientCredits { .. } => "insufficient_credits",
             ContentBlocked { .. } => "content_blocked",
+            Cancelled => "cancelled",
+            UnknownAction(_) => "unknown_action",
+            BadTicket => "invalid_ticket",
+            TooManyConnections => "too_many_connections",
             Upstream(e) if e.is_overloaded() => "model_unavailable",
             Upstream(e) if e.is_timeout() => "model_timeout",
             Upstream(_) => "model_error",
@@ -333,9 +353,26 @@ impl From<ChatError> for ApiError {
             ChatError::InProgress => Self::IdempotencyInProgress,
             ChatError::NoConversation => Self::NotFound("conversation"),
             ChatError::Model(e) => e.into(),
+            ChatError::Cancelled => Self::Cancelled,
             ChatError::Withheld(e) => Self::Unavailable(e),
             ChatError::Unsettled(e) if e.is_unavailable() => Self::Unsettled(e),
             ChatError::Unsettled(e) | ChatError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<SocketError> for ApiError {
+    fn from(err: SocketError) -> Self {
+        match err {
+            SocketError::BadTicket | SocketError::TicketExpired => Self::BadTicket,
+            SocketError::SessionEnded { expired: true } => Self::TokenExpired,
+            SocketError::SessionEnded { expired: false } | SocketError::UnknownConnection => {
+                Self::InvalidToken
+            }
+            SocketError::TooManyConnections => Self::TooManyConnections,
+            SocketError::Disabled => Self::NotFound("WebSocket endpoint"),
+            SocketError::Store(e) => e.into(),
+            SocketError::Internal(e) => e.into(),
         }
     }
 }

@@ -105,7 +105,7 @@ pub fn json_object(req: &Request) -> Result<Map<String, Value>, ApiError> {
     }
 }
 
-fn parse_json(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+pub(crate) fn parse_json(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::invalid(
@@ -156,13 +156,19 @@ pub fn idempotency_key(req: &Request) -> Result<Option<String>, ApiError> {
         return Ok(None);
     };
     let key = value.to_str().unwrap_or("").trim();
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    if !is_idempotency_key(key) {
         return Err(ApiError::invalid(
             "Idempotency-Key",
             "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID is ideal).",
         ));
     }
     Ok(Some(key.to_owned()))
+}
+
+/// 1 to 255 visible ASCII characters: an `Idempotency-Key`, or a WebSocket chat's
+/// `request_id`, which is the same key.
+pub(crate) fn is_idempotency_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// A JSON response (the headers every response carries come from

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod aws;
 pub mod config;
+pub mod connections;
 pub mod cors;
 pub mod domain;
 pub mod error;

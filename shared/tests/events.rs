@@ -64,3 +64,29 @@ async fn every_sample_event_gets_its_documented_status() {
         );
     }
 }
+
+/// The WebSocket samples in `events/websocket/` are what the chat function takes from
+/// API Gateway: each is told from an HTTP event and answered. The `$connect` sample's
+/// ticket was never issued, so it is refused; the rest are answered `200` (what a client
+/// learns comes as frames, through `@connections`).
+#[tokio::test]
+async fn every_websocket_sample_event_is_answered() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../events/websocket");
+    let standin = GeminiStandIn::start().await;
+    let chat_app = chat_app(&standin).await;
+    for (file, status) in [
+        ("connect.json", 401),
+        ("chat.json", 200),
+        ("cancel.json", 200),
+        ("balance.json", 200),
+        ("disconnect.json", 200),
+    ] {
+        let event: Value =
+            serde_json::from_str(&std::fs::read_to_string(format!("{dir}/{file}")).unwrap())
+                .unwrap();
+        assert!(api::ws::is_websocket(&event), "{file}");
+        let answer = api::ws::handle(&chat_app, event).await;
+        assert_eq!(answer["statusCode"], status, "{file}: {answer}");
+    }
+    assert_eq!(standin.requests(), 0, "an unknown connection asks no model");
+}

@@ -58,7 +58,8 @@ async fn the_page_is_served_at_the_root_with_its_security_headers() {
         "base-uri 'none'",
         "frame-ancestors 'none'",
         "default-src 'none'",
-        "connect-src 'self'",
+        // The API's own origin, and the WebSocket API the page may connect to.
+        "connect-src 'self' ws://127.0.0.1:9001;",
     ] {
         assert!(csp.contains(directive), "{directive} in {csp}");
     }

@@ -243,6 +243,7 @@ async fn a_turn_cancelled_after_its_first_words_is_charged_for_them_and_stops_ge
         store: &app.store,
         gemini: &chat_app.gemini,
         config: &app.config,
+        push: shared::service::sockets::Push::new(&app.store, &chat_app.connections),
     };
     let request = ChatRequest {
         account: authed.user.account.clone(),
@@ -252,6 +253,7 @@ async fn a_turn_cancelled_after_its_first_words_is_charged_for_them_and_stops_ge
         model: app.config.models.default_model().clone(),
         guard: app.accounts().debit_guard(&authed),
         last_conversation: None,
+        watchers: Default::default(),
     };
     let Begun::Started(turn) = service.begin(request).await.unwrap() else {
         panic!("a fresh turn");

@@ -7,12 +7,14 @@
 //! Tables for tests and local runs, created from `template.yaml` ([`table`]), and the
 //! demo accounts the sample events in `events/` use ([`demo`]), and a Lambda Runtime API
 //! emulator to run the function binaries as processes ([`runtime`]), and a DynamoDB proxy
-//! that answers as AWS does under contention ([`faults`]).
+//! that answers as AWS does under contention ([`faults`]), and a local API Gateway
+//! WebSocket API in front of the chat function ([`gateway`]).
 
 pub mod demo;
 pub mod emf;
 pub mod events;
 pub mod faults;
+pub mod gateway;
 pub mod gemini;
 pub mod runtime;
 pub mod sse;

@@ -41,9 +41,10 @@ mod bench_deletion;
 mod bench_history;
 mod bench_page;
 mod bench_stream;
+mod bench_ws;
 mod cost;
 
-const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask bench [--spawns N] [--warm N] [--gap N] RELEASE_DIR\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY\n       cargo xtask bench-page [--runs N]\n       cargo xtask bench-deletion [--chats N] LOGIN_BINARY\n       cargo xtask cost [--runs N] [--gemini-ms MS] [--prompt-tokens N] [--response-tokens N] [--thoughts-tokens N] [--model ID] BIN_DIR";
+const USAGE: &str = "usage: cargo xtask audit (<username> | --deleted <id>) [--table NAME]\n       cargo xtask bench [--spawns N] [--warm N] [--gap N] RELEASE_DIR\n       cargo xtask bench-history [--runs N] CHAT_BINARY\n       cargo xtask bench-stream [--runs N] CHAT_BINARY\n       cargo xtask bench-page [--runs N]\n       cargo xtask bench-deletion [--chats N] LOGIN_BINARY\n       cargo xtask cost [--runs N] [--gemini-ms MS] [--prompt-tokens N] [--response-tokens N] [--thoughts-tokens N] [--model ID] BIN_DIR\n       cargo xtask bench-ws [--runs N] CHAT_BINARY";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -53,6 +54,7 @@ async fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]).await,
         Some("bench-history") => bench_history::run(&args[1..]).await,
         Some("bench-stream") => bench_stream::run(&args[1..]).await,
+        Some("bench-ws") => bench_ws::run(&args[1..]).await,
         Some("bench-deletion") => bench_deletion::run(&args[1..]).await,
         Some("cost") => cost::run(&args[1..]).await,
         Some("bench-page") => bench_page::run(&args[1..]).await,

@@ -1,9 +1,10 @@
-//! The `chat` function: see `shared::api::chat`. It runs in Lambda's response-streaming
-//! mode, so an answer can go out as Server-Sent Events; a JSON answer is one piece.
+//! The `chat` function: see `shared::api::chat` and `shared::api::ws`. HTTP requests are
+//! answered in Lambda's response-streaming mode, so an answer can go out as Server-Sent
+//! Events (a JSON answer is one piece); WebSocket events get a buffered answer.
 
 use std::time::{Duration, Instant};
 
-use lambda_http::{Error, run_with_streaming_response, service_fn};
+use lambda_http::{Error, lambda_runtime, service_fn};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -15,9 +16,10 @@ async fn main() -> Result<(), Error> {
     let mut quick_failures = 0;
     loop {
         let started = Instant::now();
-        let Err(err) =
-            run_with_streaming_response(service_fn(|req| shared::api::chat_function(&app, req)))
-                .await
+        let Err(err) = lambda_runtime::run(service_fn(|event| {
+            shared::api::chat_invocation(&app, event)
+        }))
+        .await
         else {
             return Ok(());
         };

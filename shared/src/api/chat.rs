@@ -15,12 +15,14 @@ use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
 use crate::{
-    ApiError, ChatApp,
-    domain::{ChatMessage, ConversationId},
+    ApiError, App, ChatApp,
+    domain::{ChatMessage, ConversationId, Model},
     http::{self, StreamBody},
     service::{
+        accounts::Authed,
         chat::{Answer, Begun, CANCELLED, ChatRequest, ChatService, Outcome, Progress},
         conversations::Choice,
+        sockets::{Push, Watchers},
     },
     telemetry::metrics::{self, Metric},
 };
@@ -58,34 +60,14 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
     // Cheap checks before any I/O: a missing token or a bad body costs no round trip.
     let token = http::auth_token(req)?;
     let idempotency_key = http::idempotency_key(req)?;
-    let body = http::json_object(req)?;
-    let message = ChatMessage::parse(
-        http::string_field(&body, "message")?,
-        app.config.max_message_chars,
-    )?;
-    let conversation = conversation_choice(&body)?;
-    let model = match body.get("model") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(model)) => Some(model.as_str()),
-        Some(_) => return Err(ApiError::invalid("model", "model must be a string.")),
-    };
-    let model = app.config.models.choose(model)?.clone();
+    let asked = Asked::parse(app, &http::json_object(req)?)?;
     let streamed = http::wants_event_stream(req);
     // One read: the session checked, and the user item for the debit's guard. The debit
     // checks the session again in its own write, so a logout racing this chat holds.
     let authed = app.authenticate(token).await?;
-    let guard = app.accounts().debit_guard(&authed);
 
     let service = service(chat_app);
-    let request = ChatRequest {
-        account: authed.user.account.clone(),
-        message,
-        idempotency_key,
-        conversation,
-        model,
-        guard,
-        last_conversation: authed.user.last_conversation.clone(),
-    };
+    let request = asked.request(chat_app, &authed, idempotency_key);
     let turn = match service.begin(request).await? {
         Begun::Started(turn) => turn,
         Begun::Replay(outcome) => {
@@ -154,11 +136,61 @@ async fn chat(chat_app: &ChatApp, req: &Request) -> Result<Response<StreamBody>,
     Ok(event_stream(body))
 }
 
-fn service(chat_app: &ChatApp) -> ChatService<'_> {
+/// A chat's own fields, read from a JSON body (`POST /api/chat/`) or a WebSocket
+/// message (`{"action": "chat", …}`) alike.
+pub(crate) struct Asked {
+    message: ChatMessage,
+    conversation: Choice,
+    model: Model,
+}
+
+impl Asked {
+    pub(crate) fn parse(app: &App, body: &Map<String, Value>) -> Result<Self, ApiError> {
+        let message = ChatMessage::parse(
+            http::string_field(body, "message")?,
+            app.config.max_message_chars,
+        )?;
+        let conversation = conversation_choice(body)?;
+        let model = match body.get("model") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(model)) => Some(model.as_str()),
+            Some(_) => return Err(ApiError::invalid("model", "model must be a string.")),
+        };
+        let model = app.config.models.choose(model)?.clone();
+        Ok(Self {
+            message,
+            conversation,
+            model,
+        })
+    }
+
+    /// The service's request, for the user and session `authed` found.
+    pub(crate) fn request(
+        self,
+        chat_app: &ChatApp,
+        authed: &Authed,
+        idempotency_key: Option<String>,
+    ) -> ChatRequest {
+        let user = &authed.user;
+        ChatRequest {
+            account: user.account.clone(),
+            message: self.message,
+            idempotency_key,
+            conversation: self.conversation,
+            model: self.model,
+            guard: chat_app.app.accounts().debit_guard(authed),
+            last_conversation: user.last_conversation.clone(),
+            watchers: Watchers::of(&user.account, &user.sockets),
+        }
+    }
+}
+
+pub(crate) fn service(chat_app: &ChatApp) -> ChatService<'_> {
     ChatService {
         store: &chat_app.app.store,
         gemini: &chat_app.gemini,
         config: &chat_app.app.config,
+        push: Push::new(&chat_app.app.store, &chat_app.connections),
     }
 }
 
@@ -175,7 +207,7 @@ fn answered(answer: &Answer) -> Response<Body> {
 }
 
 /// The `done` event: the original body's fields, and what else the turn knows.
-fn done(answer: &Answer) -> serde_json::Value {
+pub(crate) fn done(answer: &Answer) -> serde_json::Value {
     json!({
         "message": answer.message,
         "response": answer.response,
@@ -189,21 +221,28 @@ fn done(answer: &Answer) -> serde_json::Value {
 }
 
 fn render_progress(progress: Progress) -> bytes::Bytes {
+    let (name, data) = event(progress);
+    http::sse_event(name, &data)
+}
+
+/// A step of a streamed turn as an event: its name (`start`, `delta`, `done`, `error`)
+/// and its fields, the same for Server-Sent Events and WebSocket frames.
+pub(crate) fn event(progress: Progress) -> (&'static str, Value) {
     match progress {
         Progress::Start {
             conversation_id,
             model,
             tokens_remaining,
-        } => http::sse_event(
+        } => (
             "start",
-            &json!({
+            json!({
                 "conversation_id": conversation_id,
                 "model": model,
                 "tokens_remaining": tokens_remaining,
             }),
         ),
-        Progress::Delta(text) => http::sse_event("delta", &json!({ "text": text })),
-        Progress::Done(answer) => http::sse_event("done", &done(&answer)),
+        Progress::Delta(text) => ("delta", json!({ "text": text })),
+        Progress::Done(answer) => ("done", done(&answer)),
         Progress::Cut(answer) => cut(&answer),
         Progress::Failed {
             error,
@@ -213,9 +252,9 @@ fn render_progress(progress: Progress) -> bytes::Bytes {
             let err = ApiError::from(error);
             record_failure(&err);
             http::log_error(&err);
-            http::sse_event(
+            (
                 "error",
-                &json!({
+                json!({
                     "code": err.code(),
                     "detail": err.to_string(),
                     "charged": charged,
@@ -228,20 +267,20 @@ fn render_progress(progress: Progress) -> bytes::Bytes {
 
 /// An answer the model stopped midway for the prompt's sake (a safety filter,
 /// recitation…): an `error` event, though the words the client received were charged
-/// and are kept. (A client's own cancel is not something a Server-Sent Events client can
-/// ask for; should one reach here, it ends as the answer it asked for: `done`.)
-fn cut(answer: &Answer) -> bytes::Bytes {
+/// and are kept. A client's own cancel (a WebSocket client's) ends as the answer it
+/// asked for: `done`, with the finish reason `CANCELLED`.
+fn cut(answer: &Answer) -> (&'static str, Value) {
     let reason = answer.finish_reason.as_deref().unwrap_or_default();
     if reason == CANCELLED {
-        return http::sse_event("done", &done(answer));
+        return ("done", done(answer));
     }
     let err = ApiError::ContentBlocked {
         reason: reason.to_owned(),
     };
     record_failure(&err);
-    http::sse_event(
+    (
         "error",
-        &json!({
+        json!({
             "code": err.code(),
             "detail": format!(
                 "The model stopped its answer midway ({reason}); you were charged for the words you received."

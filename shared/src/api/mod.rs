@@ -13,14 +13,24 @@ pub mod page;
 pub mod register;
 pub mod sessions;
 pub mod tokens;
+pub mod ws;
 
-use lambda_http::{Body, Error, Request, RequestExt, Response};
+use std::{convert::Infallible, sync::Arc};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use lambda_http::{
+    Body, Error, LambdaEvent, Request, RequestExt, Response, Service, StreamAdapter,
+    lambda_runtime::FunctionResponse, request::LambdaRequest, service_fn,
+};
+use serde_json::Value;
 
 use aws_config::SdkConfig;
 
 use crate::{
     aws,
-    config::{self, Config, GeminiConfig, Secret},
+    config::{self, Config, GeminiConfig, Secret, SocketConfig},
+    connections::Connections,
     cors,
     error::{ApiError, BoxError},
     gemini::GeminiClient,
@@ -56,6 +66,33 @@ fn route_path(req: &Request) -> String {
     raw.trim_end_matches('/').to_owned()
 }
 
+/// One invocation of the chat function, whichever API sent it. A WebSocket event
+/// (`$connect`, `$disconnect`, a message) gets a buffered answer, `{"statusCode"}`: API
+/// Gateway's WebSocket integration reads no streamed response, and a chat's frames go out
+/// through `@connections` anyway. Every other event is an HTTP request, answered in
+/// Lambda's response-streaming mode (Server-Sent Events, or a JSON body in one piece).
+/// The runtime sets the streaming mode per response, so one process serves both.
+pub async fn chat_invocation(
+    chat_app: &ChatApp,
+    event: LambdaEvent<Value>,
+) -> Result<
+    FunctionResponse<Value, impl Stream<Item = Result<Bytes, Infallible>> + Unpin + Send + 'static>,
+    Error,
+> {
+    let LambdaEvent { payload, context } = event;
+    if ws::is_websocket(&payload) {
+        let answer = invocation(&chat_app.app.config, "chat", || {
+            ws::handle(chat_app, payload)
+        })
+        .await;
+        return Ok(FunctionResponse::BufferedResponse(answer));
+    }
+    let request: LambdaRequest = serde_json::from_value(payload)?;
+    let mut http = StreamAdapter::from(service_fn(|req| chat_function(chat_app, req)));
+    let streamed = http.call(LambdaEvent::new(request, context)).await?;
+    Ok(FunctionResponse::StreamingResponse(streamed))
+}
+
 /// The register function: `/api/register/`.
 pub async fn register_function(app: &App, req: Request) -> Result<Response<Body>, Error> {
     cors::serve(&app.config.cors, req, |req| register::handle(app, req)).await
@@ -66,7 +103,8 @@ pub async fn login_function(app: &App, req: Request) -> Result<Response<Body>, E
     cors::serve(&app.config.cors, req, |req| sessions::route(app, req)).await
 }
 
-/// The chat function: `/api/chat/` and the history API under `/api/conversations/`.
+/// The chat function's HTTP routes: `/api/chat/`, the history API under
+/// `/api/conversations/`, and `/api/ws-ticket/`.
 pub async fn chat_function(
     chat_app: &ChatApp,
     req: Request,
@@ -85,6 +123,8 @@ async fn chat_routes(
         let path = route_path(&req);
         let resp = if conversations::serves(&path) {
             http::into_stream(conversations::handle(&chat_app.app, req, &path).await)
+        } else if path == "/api/ws-ticket" {
+            http::into_stream(ws::ticket(chat_app, req).await)
         } else {
             chat::handle(chat_app, req).await?
         };
@@ -103,7 +143,7 @@ async fn tokens_routes(app: &App, req: Request) -> Result<Response<Body>, Error>
     invocation(&app.config, "tokens", || async {
         let path = route_path(&req);
         let resp = if page::serves(&path) {
-            page::handle(req, &path).await
+            page::handle(req, &path, app.config.websocket_url.as_deref()).await
         } else if path == "/api/models" {
             models::handle(app, req).await
         } else if path.ends_with("/openapi.json") {
@@ -149,16 +189,31 @@ impl App {
     }
 }
 
-/// The chat function also talks to Gemini.
+/// The chat function also talks to Gemini, and to WebSocket clients.
 #[derive(Debug, Clone)]
 pub struct ChatApp {
     pub app: App,
     pub gemini: GeminiClient,
+    pub sockets: SocketConfig,
+    pub connections: Arc<Connections>,
 }
 
 impl ChatApp {
+    /// Without a WebSocket API.
     pub fn new(app: App, gemini: GeminiClient) -> Self {
-        Self { app, gemini }
+        Self {
+            app,
+            gemini,
+            sockets: SocketConfig::default(),
+            connections: Arc::new(Connections::disabled()),
+        }
+    }
+
+    /// With the WebSocket API `sockets` describes, posting through `connections`.
+    pub fn with_sockets(mut self, sockets: SocketConfig, connections: Connections) -> Self {
+        self.sockets = sockets;
+        self.connections = Arc::new(connections);
+        self
     }
 
     /// The Gemini key comes from `GEMINI_API_KEY` if set (local runs), otherwise from
@@ -178,6 +233,8 @@ impl ChatApp {
         app.config
             .check_chat_budget(gemini.timeout.max(gemini.stream_timeout))?;
         let gemini = GeminiClient::new(gemini)?;
-        Ok(Self::new(app, gemini))
+        let sockets = SocketConfig::from_env()?;
+        let connections = Connections::new(&sdk, sockets.management_endpoint.as_deref());
+        Ok(Self::new(app, gemini).with_sockets(sockets, connections))
     }
 }

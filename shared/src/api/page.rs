@@ -34,21 +34,44 @@ include!(concat!(env!("OUT_DIR"), "/page.rs"));
 
 /// The page's policy. `trusted-types`: only the sanitiser's policy may write HTML into
 /// the page, so an `innerHTML` of anything unsanitised throws instead of rendering.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-     style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'none'; \
-     object-src 'none'; base-uri 'none'; frame-ancestors 'none'; \
-     require-trusted-types-for 'script'; trusted-types dompurify";
+/// `connect-src`: this origin, and the WebSocket API's when there is one (its own host,
+/// `wss://<api>.execute-api…`; locally `ws://127.0.0.1:9001`).
+pub fn content_security_policy(websocket_url: Option<&str>) -> String {
+    let websocket = websocket_url.and_then(origin).unwrap_or_default();
+    format!(
+        "default-src 'none'; script-src 'self'; \
+         style-src 'self'; img-src 'self'; connect-src 'self'{websocket}; form-action 'none'; \
+         object-src 'none'; base-uri 'none'; frame-ancestors 'none'; \
+         require-trusted-types-for 'script'; trusted-types dompurify"
+    )
+}
+
+/// ` ws[s]://host[:port]` of a WebSocket URL, for a policy; `None` for anything else.
+fn origin(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host = rest.split(['/', '?', '#']).next()?;
+    let ok = matches!(scheme, "ws" | "wss")
+        && !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    ok.then(|| format!(" {scheme}://{host}"))
+}
 
 /// Whether `path` (no trailing slash; the root is empty) is one of the page's.
 pub fn serves(path: &str) -> bool {
     path.is_empty() || path == "/assets" || path.starts_with("/assets/")
 }
 
-pub async fn handle(req: Request, path: &str) -> Response<Body> {
-    http::respond(page(&req, path))
+pub async fn handle(req: Request, path: &str, websocket_url: Option<&str>) -> Response<Body> {
+    http::respond(page(&req, path, websocket_url))
 }
 
-fn page(req: &Request, path: &str) -> Result<Response<Body>, ApiError> {
+fn page(
+    req: &Request,
+    path: &str,
+    websocket_url: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     http::require_method(req, Method::GET)?;
     let path = if path.is_empty() { "/" } else { path };
     if path == "/"
@@ -60,7 +83,7 @@ fn page(req: &Request, path: &str) -> Result<Response<Body>, ApiError> {
         .iter()
         .find(|f| f.path == path)
         .ok_or(ApiError::NotFound("file"))?;
-    Ok(serve(file, req.headers()))
+    Ok(serve(file, req.headers(), websocket_url))
 }
 
 /// The page's relative links need its URL to end in `/`: `…/prod` is sent to `…/prod/`
@@ -87,7 +110,7 @@ fn redirect(location: &str) -> Response<Body> {
     resp
 }
 
-fn serve(file: &PageFile, request: &HeaderMap) -> Response<Body> {
+fn serve(file: &PageFile, request: &HeaderMap, websocket_url: Option<&str>) -> Response<Body> {
     let gzip = accepts_gzip(request) && file.gzip.len() < file.plain.len();
     let (etag, bytes) = if gzip {
         (file.gzip_etag, file.gzip)
@@ -121,11 +144,9 @@ fn serve(file: &PageFile, request: &HeaderMap) -> Response<Body> {
         set(headers, header::CONTENT_ENCODING, "gzip");
     }
     set(headers, header::VARY, "Accept-Encoding");
-    set(
-        headers,
-        header::CONTENT_SECURITY_POLICY,
-        CONTENT_SECURITY_POLICY,
-    );
+    if let Ok(policy) = HeaderValue::from_str(&content_security_policy(websocket_url)) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
     set(headers, header::REFERRER_POLICY, "no-referrer");
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     resp

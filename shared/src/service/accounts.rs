@@ -29,8 +29,8 @@ use crate::{
     config::Config,
     domain::{ClientAddr, Network, Password, Username},
     store::{
-        self, DebitGuard, NewSession, PasswordChecks, Reservation, SessionEntry, Store, UserItem,
-        now_millis,
+        self, DebitGuard, NewSession, PasswordChecks, Reservation, SessionEntry, SocketOwner,
+        Store, UserItem, now_millis,
     },
     telemetry::metrics::{self, Metric},
 };
@@ -104,6 +104,15 @@ pub struct Authed {
 }
 
 impl Authed {
+    /// Who a ticket made now by this session belongs to.
+    pub fn socket_owner(&self) -> Option<SocketOwner> {
+        Some(SocketOwner {
+            account: self.user.account.clone(),
+            session_id: self.session_id.clone(),
+            digest: self.session()?.digest.clone(),
+        })
+    }
+
     fn session(&self) -> Option<&SessionEntry> {
         self.user.session(&self.session_id)
     }
@@ -141,21 +150,50 @@ impl<'a> Accounts<'a> {
     /// The user and session `raw` names, if its secret matches and it is alive: one read.
     pub async fn authenticate(&self, raw: &str) -> Result<Authed, AccountError> {
         let token = Token::parse(raw).ok_or(AccountError::InvalidToken)?;
+        let user = self.store.user(&token.user_key).await?;
+        self.live_session(
+            user,
+            token.user_key.clone(),
+            token.session_id.clone(),
+            |digest| token.matches(digest),
+        )
+    }
+
+    /// The session a WebSocket ticket or connection was made by, if it is still alive
+    /// and still the account's: one read, the same checks as a token's.
+    pub async fn session_of(&self, owner: &SocketOwner) -> Result<Authed, AccountError> {
+        let account = &owner.account;
         let user = self
             .store
-            .user(&token.user_key)
+            .user(&account.user_key)
             .await?
-            .ok_or(AccountError::InvalidToken)?;
+            .filter(|user| user.account == *account);
+        self.live_session(
+            user,
+            account.user_key.clone(),
+            owner.session_id.clone(),
+            |digest| digest == owner.digest,
+        )
+    }
+
+    fn live_session(
+        &self,
+        user: Option<UserItem>,
+        user_key: String,
+        session_id: String,
+        proves: impl Fn(&str) -> bool,
+    ) -> Result<Authed, AccountError> {
+        let user = user.ok_or(AccountError::InvalidToken)?;
         let session = user
-            .session(&token.session_id)
-            .filter(|s| token.matches(&s.digest))
+            .session(&session_id)
+            .filter(|s| proves(&s.digest))
             .ok_or(AccountError::InvalidToken)?;
         if !is_live(self.config, session, now_millis()) {
             return Err(AccountError::TokenExpired);
         }
         Ok(Authed {
-            user_key: token.user_key,
-            session_id: token.session_id,
+            user_key,
+            session_id,
             user,
         })
     }

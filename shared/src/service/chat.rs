@@ -15,6 +15,7 @@ pub use super::outcome::{Answer, Outcome};
 use super::{
     charges::{Answered, ChargeError, Charges, Ending, Hold, Settled},
     conversations::{Choice, Conversations},
+    sockets::{Push, Watchers},
 };
 use crate::{
     config::Config,
@@ -53,6 +54,10 @@ pub enum ChatError {
     /// The model failed; the charge was refunded.
     #[error("the model failed")]
     Model(#[source] gemini::Error),
+    /// The client asked the turn to stop before any word of the answer went out; the
+    /// charge was refunded.
+    #[error("cancelled before the first words")]
+    Cancelled,
     /// The answer could not be stored, so it was withheld; the charge was refunded.
     #[error("the answer could not be stored; withheld and refunded")]
     Withheld(#[source] store::Error),
@@ -138,6 +143,9 @@ pub enum Closed {
 /// upper case too; this one is ours.
 pub const CANCELLED: &str = "CANCELLED";
 
+/// Why a turn cancelled before its first words was refunded.
+pub const CANCELLED_BEFORE_WORDS: &str = "cancelled by the client before the first words";
+
 /// A streamed turn whose model has produced its first text: from here on, failures are
 /// reported as [`Progress::Failed`] rather than as an error status.
 #[derive(Debug)]
@@ -161,6 +169,9 @@ pub struct ChatRequest {
     pub guard: DebitGuard,
     /// The user's latest conversation, as the authentication read found it.
     pub last_conversation: Option<(ConversationId, u64)>,
+    /// Whom to tell of the balance as it moves: the user's open WebSocket connections,
+    /// as the authentication read found them.
+    pub watchers: Watchers,
 }
 
 /// How a turn begins: afresh, or with the stored outcome of an earlier request with the
@@ -181,6 +192,21 @@ pub struct Turn {
     /// The conversation's earlier turns, oldest first, within the context budget.
     pub context: Vec<PastTurn>,
     key: Option<(String, KeyOwner)>,
+    watchers: Watchers,
+}
+
+impl Turn {
+    /// The idempotency key the turn runs under, if any (a cancel names it).
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_ref().map(|(key, _)| key.as_str())
+    }
+}
+
+/// Why a turn stopped without being charged.
+#[derive(Debug)]
+enum Stop {
+    Model(gemini::Error),
+    Cancelled,
 }
 
 /// The chat rules over a store, the model client and the configuration.
@@ -189,6 +215,8 @@ pub struct ChatService<'a> {
     pub store: &'a Store,
     pub gemini: &'a GeminiClient,
     pub config: &'a Config,
+    /// Tells the user's open connections of each new balance.
+    pub push: Push<'a>,
 }
 
 impl<'a> ChatService<'a> {
@@ -271,6 +299,7 @@ impl<'a> ChatService<'a> {
                     model: req.model,
                     context,
                     key,
+                    watchers: req.watchers,
                 }));
             }
             (Ok(false), _) => ChatError::NoConversation,
@@ -290,9 +319,10 @@ impl<'a> ChatService<'a> {
         let charges = self.charges();
         let model = self.model_of(&turn)?;
         let prompt = self.prompt(&turn, &model);
-        let (reply, recovered) = tokio::join!(
+        let (reply, recovered, ()) = tokio::join!(
             self.gemini.generate(&prompt),
             charges.recover(&turn.hold.abandoned),
+            self.push.balance(&turn.watchers, turn.hold.balance),
         );
         let ended = match reply {
             Ok(reply) => Ended::Finished(reply),
@@ -326,13 +356,13 @@ impl<'a> ChatService<'a> {
             Ended::Failed(_) => Ending::Failed,
         };
         if !ending.is_charged(!handed.is_empty()) {
-            let err = match ended {
-                Ended::Failed(err) => err,
-                // Charged whenever they happen (a whole answer; a cancel, which is only
-                // taken after the first words): never here.
-                Ended::Finished(_) | Ended::Cancelled => gemini::Error::Incomplete,
+            let stop = match ended {
+                Ended::Failed(err) => Stop::Model(err),
+                Ended::Cancelled => Stop::Cancelled,
+                // Charged whenever it happens: never here.
+                Ended::Finished(_) => Stop::Model(gemini::Error::Incomplete),
             };
-            let (error, tokens_remaining) = self.refund_turn(turn, err, recovered).await;
+            let (error, tokens_remaining) = self.refund_turn(turn, stop, recovered).await;
             return Closed::Refunded {
                 error,
                 tokens_remaining,
@@ -351,7 +381,15 @@ impl<'a> ChatService<'a> {
         };
         let refunded = turn.hold.balance + recovered + turn.hold.charge.cost;
         let (model, cost) = (turn.model.id.clone(), turn.hold.charge.cost);
-        match self.answered(turn, reply, recovered).await {
+        let watchers = turn.watchers.clone();
+        let answered = self.answered(turn, reply, recovered).await;
+        if recovered > 0
+            && let Ok(answer) = &answered
+        {
+            // Abandoned charges came back while this one ran.
+            self.push.balance(&watchers, answer.tokens_remaining).await;
+        }
+        match answered {
             Ok(answer) if ending == Ending::Finished => {
                 metrics::count_by(Metric::ChatsAnswered, &model, 1);
                 Closed::Done(answer)
@@ -378,20 +416,40 @@ impl<'a> ChatService<'a> {
     /// Opens the model's stream and waits for its first text. A failure before that is
     /// refunded and returned, so it can still be answered with an error status.
     pub async fn open_stream(&self, turn: Turn) -> Result<OpenStream, ChatError> {
+        self.open_stream_until(turn, std::future::pending()).await
+    }
+
+    /// [`open_stream`](Self::open_stream), stopping when `cancel` completes first: no
+    /// word went out, so the turn is refunded ([`ChatError::Cancelled`]) and Gemini let
+    /// go. Pass the same (pinned) `cancel` on to [`OpenStream::run_until`].
+    pub async fn open_stream_until(
+        &self,
+        turn: Turn,
+        cancel: impl Future<Output = ()>,
+    ) -> Result<OpenStream, ChatError> {
         let model = self.model_of(&turn)?;
         let prompt = self.prompt(&turn, &model);
-        let mut stream = match self.gemini.stream(&prompt).await {
-            Ok(stream) => stream,
-            Err(err) => return Err(self.failed(turn, err).await),
+        let opening = async {
+            let mut stream = self.gemini.stream(&prompt).await?;
+            match stream.next().await {
+                Some(Ok(first)) => Ok((stream, first)),
+                Some(Err(err)) => Err(err),
+                None => Err(gemini::Error::Incomplete),
+            }
         };
-        match stream.next().await {
-            Some(Ok(first)) => Ok(OpenStream {
+        let opened = tokio::select! {
+            biased;
+            () = cancel => None,
+            opened = opening => Some(opened),
+        };
+        match opened {
+            Some(Ok((stream, first))) => Ok(OpenStream {
                 turn,
                 stream,
                 first,
             }),
             Some(Err(err)) => Err(self.failed(turn, err).await),
-            None => Err(self.failed(turn, gemini::Error::Incomplete).await),
+            None => Err(self.refund_turn(turn, Stop::Cancelled, 0).await.0),
         }
     }
 
@@ -470,23 +528,30 @@ impl<'a> ChatService<'a> {
     /// (a safety block will block again) or free the key (the next attempt may go
     /// differently).
     pub async fn failed(&self, turn: Turn, err: gemini::Error) -> ChatError {
-        self.refund_turn(turn, err, 0).await.0
+        self.refund_turn(turn, Stop::Model(err), 0).await.0
     }
 
     /// [`failed`](Self::failed), also returning the balance with the credits back
     /// (`None` if the refund was left to recovery).
+    /// Then tells the user's connections the balance.
     async fn refund_turn(
         &self,
         turn: Turn,
-        err: gemini::Error,
+        stop: Stop,
         recovered: u64,
     ) -> (ChatError, Option<u64>) {
         let hold = &turn.hold;
         let user = &hold.charge.account;
-        let reason = err.to_string();
-        let refusal = err.blocked_reason().map(|reason| Outcome::Refused {
-            reason: reason.to_owned(),
-        });
+        let reason = match &stop {
+            Stop::Model(err) => err.to_string(),
+            Stop::Cancelled => CANCELLED_BEFORE_WORDS.to_owned(),
+        };
+        let refusal = match &stop {
+            Stop::Model(err) => err.blocked_reason().map(|reason| Outcome::Refused {
+                reason: reason.to_owned(),
+            }),
+            Stop::Cancelled => None,
+        };
         let keep_key = async {
             match (&turn.key, &refusal) {
                 (Some((key, owner)), Some(outcome)) => self.finish(user, key, owner, outcome).await,
@@ -501,10 +566,17 @@ impl<'a> ChatService<'a> {
         );
         if refunded {
             metrics::count_by(Metric::CreditsRefunded, &turn.model.id, hold.charge.cost);
-            tracing::warn!(user = %user.user_key, charge = %hold.charge.id, reason, "model failed; refunded");
+            tracing::warn!(user = %user.user_key, charge = %hold.charge.id, reason, "turn stopped; refunded");
         }
         let balance = refunded.then_some(hold.balance + recovered + hold.charge.cost);
-        (ChatError::Model(err), balance)
+        if let Some(balance) = balance {
+            self.push.balance(&turn.watchers, balance).await;
+        }
+        let error = match stop {
+            Stop::Model(err) => ChatError::Model(err),
+            Stop::Cancelled => ChatError::Cancelled,
+        };
+        (error, balance)
     }
 
     /// The turn's model as the client takes it (the catalogue's names are checked at
@@ -666,7 +738,11 @@ impl OpenStream {
             }
         };
         let charges = service.charges();
-        let (ended, recovered) = tokio::join!(read, charges.recover(&turn.hold.abandoned));
+        let (ended, recovered, ()) = tokio::join!(
+            read,
+            charges.recover(&turn.hold.abandoned),
+            service.push.balance(&turn.watchers, turn.hold.balance),
+        );
         let usage = stream.usage_so_far();
         // Gemini is not asked for more of an answer that is over.
         drop(stream);

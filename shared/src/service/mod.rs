@@ -6,3 +6,4 @@ pub mod charges;
 pub mod chat;
 pub mod conversations;
 pub mod outcome;
+pub mod sockets;

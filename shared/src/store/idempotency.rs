@@ -186,6 +186,48 @@ impl Store {
         Ok(())
     }
 
+    /// Asks the request running under `key` to stop (a client's cancel, which may reach
+    /// another process than the one running it). `Ok(false)`: no request is running
+    /// under that key.
+    pub async fn request_cancel(&self, account: &Account, key: &str) -> Result<bool, Error> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(PK, account.items_pk())
+            .key(SK, idem_sk(key))
+            .update_expression("SET cancel = :yes")
+            .condition_expression("#state = :running")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":yes", AttributeValue::Bool(true))
+            .expression_attribute_values(":running", s("running"));
+        Ok(self
+            .send_conditional("UpdateItem", || update.clone().send())
+            .await?
+            .is_some())
+    }
+
+    /// Whether the request running under `key` was asked to stop: a consistent read of
+    /// one small attribute.
+    pub async fn cancel_requested(&self, account: &Account, key: &str) -> Result<bool, Error> {
+        let get = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, account.items_pk())
+            .key(SK, idem_sk(key))
+            .projection_expression("cancel")
+            .consistent_read(true);
+        let out = self
+            .send("GetItem", || get.clone().send())
+            .await
+            .map_err(|f| f.into_error("GetItem"))?;
+        Ok(matches!(
+            out.item.as_ref().and_then(|item| item.get("cancel")),
+            Some(AttributeValue::Bool(true))
+        ))
+    }
+
     /// Closes every key whose request went into conversation `conversation`, running or
     /// done, with `outcome` (what its conversation's deletion leaves to replay instead of
     /// its text). A request still running then cannot store its own. Returns how many.

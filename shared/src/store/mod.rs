@@ -3,10 +3,11 @@
 //!
 //! | item    | pk                  | sk             | attributes |
 //! |---------|---------------------|----------------|------------|
-//! | user    | `USER#<name key>`   | `PROFILE`      | username, account (id), password_hash, tokens, granted, spent, pending (map of open charges), settling_until, sessions (map: id → digest, created_at, last_used, expires_at, pw_checks, pw_held_until), cred_epoch, networks (map: network → last login), chat_rate (map: minute → chats started), created_at, deleting |
+//! | user    | `USER#<name key>`   | `PROFILE`      | username, account (id), password_hash, tokens, granted, spent, pending (map of open charges), settling_until, sessions (map: id → digest, created_at, last_used, expires_at, pw_checks, pw_held_until), cred_epoch, networks (map: network → last login), sockets (map: connection → until), chat_rate (map: minute → chats started), created_at, deleting |
 //! | throttle | `THROTTLE#<kind>#<subject>[#<window>]` | `THROTTLE` | n, last_at, next_at (run counters), expires_at (TTL) |
 //! | chat    | `ACCT#<account id>` | `CHAT#<conversation>#<charge uuidv7>`| conversation_id, message, response, model, cost, state, usage, finish_reason, balance, reason, created_at, settled_at |
-//! | idempotency | `ACCT#<account id>` | `IDEM#<client key>` | state, fingerprint, owner (charge id), conversation, started_at, outcome, expires_at (TTL) |
+//! | idempotency | `ACCT#<account id>` | `IDEM#<client key>` | state, fingerprint, owner (charge id), conversation, started_at, outcome, cancel (a client asked it to stop), expires_at (TTL) |
+//! | ticket, socket | `TICKET#…`, `SOCKET#<connection>` | `TICKET`, `SOCKET` | see `store::sockets`: a WebSocket ticket, a connection's owner |
 //! | conversation | `ACCT#<account id>` | `CONV#<conversation uuid>` | conversation_id, title, model, created_at, updated_at (index `Conversations`), messages, last_charge, settling_until; deleted: deleted_at, deleted_by, expires_at (TTL) instead of title…updated_at |
 //!
 //! The user item also keeps `last_conversation` {id, at}: the latest answered conversation.
@@ -20,6 +21,7 @@ mod conversations;
 mod credits;
 mod idempotency;
 mod retry;
+mod sockets;
 mod throttle;
 mod users;
 
@@ -38,6 +40,7 @@ pub use conversations::{
 pub use credits::{ChargeState, ChatOutcome, ChatRecord, Close, Debit, DebitGuard, OpenCharge};
 pub use idempotency::{Claim, KeyOwner};
 pub use retry::RetryPolicy;
+pub use sockets::{SocketOwner, TakenTicket};
 pub use throttle::Reservation;
 pub use users::{Ledger, NewSession, PasswordChecks, Retired, SessionEntry, Tombstone, UserItem};
 
@@ -147,6 +150,26 @@ impl Store {
                 _ => return Ok(items),
             }
         }
+    }
+
+    /// The item at `pk`/`sk`, read consistently.
+    pub(crate) async fn item(
+        &self,
+        pk: AttributeValue,
+        sk: AttributeValue,
+    ) -> Result<Option<Item>, Error> {
+        let get = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, pk)
+            .key(SK, sk)
+            .consistent_read(true);
+        let out = self
+            .send("GetItem", || get.clone().send())
+            .await
+            .map_err(|f| f.into_error("GetItem"))?;
+        Ok(out.item)
     }
 
     /// How this store times and retries its calls.

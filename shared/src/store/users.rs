@@ -103,6 +103,11 @@ pub struct UserItem {
     /// Until when a request whose charge was closed may still write its records
     /// (millis; see `Charges::write_window`). 0 if no charge was ever closed.
     pub settling_until: u64,
+    /// The account's open WebSocket connections and until when each may live (millis),
+    /// so that whoever reads the user item knows whom to tell of a new balance.
+    pub sockets: Vec<(String, u64)>,
+    /// Whether the item has a `sockets` map at all (older items have none).
+    pub has_sockets_map: bool,
 }
 
 impl UserItem {
@@ -200,11 +205,28 @@ fn user_item(user_key: &str, item: &Item) -> Result<UserItem, Error> {
         },
         created_at: get_n(item, "created_at").unwrap_or(0),
         settling_until: get_n(item, "settling_until").unwrap_or(0),
+        sockets: match item.get(SOCKETS) {
+            Some(AttributeValue::M(map)) => {
+                let mut sockets: Vec<(String, u64)> = map
+                    .iter()
+                    .filter_map(|(id, until)| match until {
+                        AttributeValue::N(until) => Some((id.clone(), until.parse().ok()?)),
+                        _ => None,
+                    })
+                    .collect();
+                sockets.sort();
+                sockets
+            }
+            _ => Vec::new(),
+        },
+        has_sockets_map: matches!(item.get(SOCKETS), Some(AttributeValue::M(_))),
         account,
     })
 }
 
 const CRED_EPOCH: &str = "cred_epoch";
+/// The user item's map of open WebSocket connections (see `store::sockets`).
+pub(crate) const SOCKETS: &str = "sockets";
 
 /// The condition that the user item's credential epoch is still `epoch` (`:epoch`); items
 /// that never had one are at 0.

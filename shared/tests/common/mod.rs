@@ -46,6 +46,7 @@ pub fn config(table: &str) -> Config {
         charge_timeout: Duration::from_secs(60),
         function_timeout: Duration::from_secs(29),
         store_retry: Default::default(),
+        websocket_url: Some("ws://127.0.0.1:9001/ws".into()),
         metrics_namespace: "ChatBackend".to_owned(),
         cors: Default::default(),
     }

@@ -108,9 +108,9 @@ pub fn fast_recovery() -> Vec<(&'static str, String)> {
 pub const PAST_THE_CHARGE_TIMEOUT: Duration = Duration::from_millis(9_300);
 
 impl Setup {
-    /// What `GET /api/tokens/` shows `john` (the handler, in this process, on the same
-    /// table, with the charge timeout of [`fast_recovery`]).
-    pub async fn shown_balance(&self) -> u64 {
+    /// The app the functions run, in this process, on the same table, with the charge
+    /// timeout of [`fast_recovery`].
+    pub fn app(&self) -> shared::App {
         let config = shared::Config {
             table_name: self.store.table().to_owned(),
             start_tokens: 4000,
@@ -128,10 +128,27 @@ impl Setup {
             charge_timeout: Duration::from_secs(9),
             function_timeout: Duration::from_secs(8),
             store_retry: Default::default(),
+            websocket_url: None,
             metrics_namespace: "ChatBackend".to_owned(),
             cors: Default::default(),
         };
-        let app = shared::App::new(config, self.store.clone());
+        shared::App::new(config, self.store.clone())
+    }
+
+    /// Ends `john`'s session, as `POST /api/logout/` does.
+    pub async fn log_out(&self) {
+        let event = testkit::events::json_event("POST", "/api/logout/", Some(&self.token), None);
+        let req = lambda_http::request::from_str(&event.to_string()).unwrap();
+        let resp = shared::api::sessions::route(&self.app(), req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+
+    /// What `GET /api/tokens/` shows `john` (the handler, in this process, on the same
+    /// table, with the charge timeout of [`fast_recovery`]).
+    pub async fn shown_balance(&self) -> u64 {
+        let app = self.app();
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/tokens.json");
         let mut event: Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
