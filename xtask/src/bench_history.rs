@@ -24,15 +24,7 @@ use testkit::{
 };
 
 pub async fn run(args: &[String]) -> ExitCode {
-    let (mut runs, mut binary) = (50usize, None);
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(runs),
-            path => binary = Some(path.to_owned()),
-        }
-    }
-    let Some(binary) = binary.filter(|_| runs > 0) else {
+    let Some((runs, binary)) = crate::runs_and_binary(args, 50) else {
         eprintln!("usage: cargo xtask bench-history [--runs N] CHAT_BINARY");
         return ExitCode::from(2);
     };

@@ -41,15 +41,7 @@ const HOLD: Duration = Duration::from_millis(50);
 const ROUND_TRIP_RUNS: usize = 15;
 
 pub async fn run(args: &[String]) -> ExitCode {
-    let (mut runs, mut binary) = (30usize, None);
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(runs),
-            path => binary = Some(path.to_owned()),
-        }
-    }
-    let Some(binary) = binary.filter(|_| runs > 0) else {
+    let Some((runs, binary)) = crate::runs_and_binary(args, 30) else {
         eprintln!("usage: cargo xtask bench-stream [--runs N] CHAT_BINARY");
         return ExitCode::from(2);
     };

@@ -36,15 +36,7 @@ const SHORT: usize = 30;
 const BILLING_UNIT: usize = 32 * 1024;
 
 pub async fn run(args: &[String]) -> ExitCode {
-    let (mut runs, mut binary) = (20usize, None);
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(runs),
-            path => binary = Some(path.to_owned()),
-        }
-    }
-    let Some(binary) = binary.filter(|_| runs > 0) else {
+    let Some((runs, binary)) = crate::runs_and_binary(args, 20) else {
         eprintln!("usage: cargo xtask bench-ws [--runs N] CHAT_BINARY");
         return ExitCode::from(2);
     };

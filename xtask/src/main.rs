@@ -65,6 +65,20 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `[--runs N] BINARY`, the arguments of the chat benches: `None` when the binary is
+/// missing or `N` is 0.
+fn runs_and_binary(args: &[String], default_runs: usize) -> Option<(usize, String)> {
+    let (mut runs, mut binary) = (default_runs, None);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--runs" => runs = args.next().and_then(|n| n.parse().ok()).unwrap_or(runs),
+            path => binary = Some(path.to_owned()),
+        }
+    }
+    binary.filter(|_| runs > 0).map(|binary| (runs, binary))
+}
+
 async fn audit_command(args: &[String]) -> ExitCode {
     let (mut user, mut table) = (None, std::env::var("TABLE_NAME").ok());
     let mut deleted = None;
