@@ -6,6 +6,10 @@
 //! - each file is gzipped once, here, at its best level, rather than at every cold start.
 //!
 //! Writes `$OUT_DIR/page.rs`: one `PageFile` per served file (see `src/api/page.rs`).
+//!
+//! Also converts the API's contract (`openapi.yaml`) to the JSON `GET /api/openapi.json`
+//! serves, `$OUT_DIR/openapi.json`: the functions carry no YAML parser, and a contract that
+//! isn't valid YAML fails the build rather than a request.
 
 use std::{
     env,
@@ -28,6 +32,7 @@ const TYPES: &[(&str, &str)] = &[
 fn main() {
     let root = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap()).join("../page");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    openapi(&root.join("../openapi.yaml"), &out.join("openapi.json"));
     println!("cargo::rerun-if-changed={}", root.display());
 
     let mut sources = Vec::new();
@@ -121,4 +126,13 @@ fn entry(
          gzip_etag: \"\\\"{name}-gz\\\"\", plain: include_bytes!({plain:?}), \
          gzip: include_bytes!({gzip:?}), immutable: {immutable} }},"
     );
+}
+
+/// The contract as JSON, fields in the order the YAML gives them.
+fn openapi(yaml: &Path, json: &Path) {
+    println!("cargo::rerun-if-changed={}", yaml.display());
+    let text = fs::read_to_string(yaml).expect("openapi.yaml");
+    let doc: serde_json::Value = serde_norway::from_str(&text)
+        .unwrap_or_else(|e| panic!("openapi.yaml does not convert to JSON: {e}"));
+    fs::write(json, serde_json::to_string(&doc).unwrap()).unwrap();
 }

@@ -31,7 +31,7 @@ async fn main() -> Result<(), Error> {
         if quick_failures >= 5 {
             return Err(err);
         }
-        lambda_http::tracing::error!(error = %err, "the runtime loop stopped; starting it again");
+        tracing::error!(error = %err, "the runtime loop stopped; starting it again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

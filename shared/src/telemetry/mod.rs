@@ -3,8 +3,75 @@
 //!
 //! What never goes into a log: passwords, tokens, the API key, message text.
 
+use tracing_subscriber::{filter::Targets, fmt, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// The level when neither variable is set, or what is set can't be read.
+const DEFAULT_LEVEL: tracing::Level = tracing::Level::INFO;
+
+/// The subscriber `lambda_runtime`'s `init_default_subscriber` builds (no time stamps, which
+/// Lambda adds; no targets; JSON when `AWS_LAMBDA_LOG_FORMAT` is `JSON`), with a
+/// [`Targets`] filter in place of its `EnvFilter`, so that the binary carries no regex
+/// engine for span and field filters nobody sets on a Lambda function.
 pub fn init() {
-    lambda_http::tracing::init_default_subscriber();
+    let json = std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let filter = filter(
+        std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
+        std::env::var("RUST_LOG").ok().as_deref(),
+    );
+    let format = fmt::layer().with_target(false).without_time();
+    // `try_init`: a second call (tests that start several apps in one process) keeps the first.
+    let _ = if json {
+        tracing_subscriber::registry()
+            .with(format.json())
+            .with(filter)
+            .try_init()
+    } else {
+        tracing_subscriber::registry()
+            .with(format)
+            .with(filter)
+            .try_init()
+    };
+}
+
+/// Lambda's log level (`TRACE` ... `ERROR`, `FATAL`) when it is set; otherwise `RUST_LOG`'s
+/// directives (`warn`, or `warn,shared::store=debug`); otherwise, or when what is set
+/// can't be read, `INFO`: a typo never silences a function.
+fn filter(lambda_level: Option<&str>, rust_log: Option<&str>) -> Targets {
+    let level = |l: tracing::Level| Targets::new().with_default(l);
+    if let Some(value) = lambda_level {
+        return match value.trim().to_ascii_uppercase().as_str() {
+            "FATAL" => level(tracing::Level::ERROR),
+            other => other.parse().map_or(level(DEFAULT_LEVEL), level),
+        };
+    }
+    rust_log
+        .and_then(|directives| directives.trim().parse::<Targets>().ok())
+        .unwrap_or_else(|| level(DEFAULT_LEVEL))
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::{Level, level_filters::LevelFilter};
+
+    use super::filter;
+
+    #[test]
+    fn lambda_level_wins_and_nothing_unreadable_silences_the_function() {
+        let default =
+            |lambda: Option<&str>, rust: Option<&str>| filter(lambda, rust).default_level();
+        assert_eq!(
+            default(Some("DEBUG"), Some("error")),
+            Some(LevelFilter::DEBUG)
+        );
+        assert_eq!(default(Some("FATAL"), None), Some(LevelFilter::ERROR));
+        assert_eq!(default(Some("loud"), None), Some(LevelFilter::INFO));
+        assert_eq!(default(None, Some("warn")), Some(LevelFilter::WARN));
+        assert_eq!(default(None, Some("a=b=c")), Some(LevelFilter::INFO));
+        assert_eq!(default(None, None), Some(LevelFilter::INFO));
+        let targets = filter(None, Some("warn,shared::store=debug"));
+        assert!(targets.would_enable("shared::store::credits", &Level::DEBUG));
+        assert!(!targets.would_enable("shared::api", &Level::INFO));
+    }
 }
 
 /// Any error, boxed: what lower layers keep as a cause.
