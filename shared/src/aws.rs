@@ -1,27 +1,30 @@
-//! The AWS SDK configuration, loaded once per cold start and shared by every client.
+//! The AWS SDK configuration, loaded once per cold start and shared by every client, and
+//! the HTTP client every SDK call goes through.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use aws_config::{
     BehaviorVersion, SdkConfig,
     environment::{EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider},
 };
-use aws_smithy_http_client::tls::{Provider, TlsContext, TrustStore, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::{
+    http::{
+        HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
+    },
+    orchestrator::{HttpRequest, HttpResponse},
+    result::ConnectorError,
+    runtime_components::RuntimeComponents,
+};
+use aws_smithy_types::body::SdkBody;
 
 /// Region, credentials and endpoints from the standard AWS environment (including
-/// `AWS_ENDPOINT_URL_DYNAMODB` for DynamoDB Local), speaking TLS through rustls with
-/// ring rather than the SDK's default aws-lc: a smaller binary and a much faster build.
-/// It trusts the compiled-in roots the Gemini client trusts ([`crate::tls`]), not the
-/// system store, which it would read from disk at every cold start.
+/// `AWS_ENDPOINT_URL_DYNAMODB` for DynamoDB Local), every call made through [`SdkHttp`].
 pub async fn config() -> SdkConfig {
-    let trust = TrustStore::empty().with_pem_certificate(crate::tls::aws_roots_pem());
-    let tls = TlsContext::builder()
-        .with_trust_store(trust)
-        .build()
-        .expect("a trust store of PEM roots builds");
-    let https = aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .tls_context(tls)
-        .build_https();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(https);
+    let http = SdkHttp::default();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http.clone());
     // On Lambda (and under `sam local`) the role's credentials and the region are in the
     // environment, the first place the default chains look. Naming those providers when
     // the variables are there skips building the rest of the chains (profile, SSO, web
@@ -33,7 +36,143 @@ pub async fn config() -> SdkConfig {
     if is_set("AWS_REGION") || is_set("AWS_DEFAULT_REGION") {
         loader = loader.region(EnvironmentVariableRegionProvider::new());
     }
-    loader.load().await
+    let sdk = loader.load().await;
+    // The connection pool the clients' calls will ask for, built now rather than on the
+    // first request: their timeouts are the SDK's (a client's own settings add operation
+    // and attempt limits, which the SDK enforces itself).
+    if let Some(timeouts) = sdk.timeout_config() {
+        http.connector(Timeouts {
+            connect: timeouts.connect_timeout(),
+            read: timeouts.read_timeout(),
+        });
+    }
+    sdk
+}
+
+/// The SDK's HTTP client: reqwest on rustls and ring, the stack the Gemini client speaks
+/// through, rather than the SDK's own hyper client. One HTTP/1.1 client stack in the
+/// binary, not two (the SDK's would bring HTTP/2 and its own TLS set-up: ~0.6 MB of code,
+/// measured in docs/performance.md). It trusts Amazon's roots, compiled in
+/// ([`crate::tls::aws_client_config`]): no system store is read at cold start.
+///
+/// The SDK asks for a connector per set of connection timeouts; each is built once and
+/// kept, with its own connection pool.
+#[derive(Debug, Clone, Default)]
+pub struct SdkHttp {
+    connectors: Arc<Mutex<Vec<(Timeouts, SharedHttpConnector)>>>,
+}
+
+/// The connection timeouts the SDK asks a connector for: to connect (TCP and TLS), and
+/// from the request sent to the response's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timeouts {
+    connect: Option<Duration>,
+    read: Option<Duration>,
+}
+
+impl SdkHttp {
+    fn connector(&self, timeouts: Timeouts) -> SharedHttpConnector {
+        let mut connectors = self
+            .connectors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, connector)) = connectors.iter().find(|(t, _)| *t == timeouts) {
+            return connector.clone();
+        }
+        let connector = SharedHttpConnector::new(Connector::new(timeouts));
+        connectors.push((timeouts, connector.clone()));
+        connector
+    }
+}
+
+impl HttpClient for SdkHttp {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        _: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        self.connector(Timeouts {
+            connect: settings.connect_timeout(),
+            read: settings.read_timeout(),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Connector {
+    /// A client that could not be built answers every call with why.
+    http: Result<reqwest::Client, String>,
+    read_timeout: Option<Duration>,
+}
+
+impl Connector {
+    fn new(timeouts: Timeouts) -> Self {
+        let mut builder = reqwest::Client::builder()
+            .tls_backend_preconfigured(crate::tls::aws_client_config())
+            // The SDK follows no redirects; an AWS endpoint that sends one is answered as is.
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(limit) = timeouts.connect {
+            builder = builder.connect_timeout(limit);
+        }
+        Self {
+            http: builder
+                .build()
+                .map_err(|e| format!("building the AWS HTTP client: {e}")),
+            read_timeout: timeouts.read,
+        }
+    }
+}
+
+impl HttpConnector for Connector {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let http = match &self.http {
+            Ok(http) => http.clone(),
+            Err(e) => {
+                return HttpConnectorFuture::ready(Err(ConnectorError::other(
+                    e.clone().into(),
+                    None,
+                )));
+            }
+        };
+        let request = match request
+            .try_into_http1x()
+            .map_err(|e| ConnectorError::user(e.into()))
+            .and_then(|r| {
+                reqwest::Request::try_from(r.map(reqwest::Body::wrap))
+                    .map_err(|e| ConnectorError::user(e.into()))
+            }) {
+            Ok(request) => request,
+            Err(e) => return HttpConnectorFuture::ready(Err(e)),
+        };
+        let read_timeout = self.read_timeout;
+        HttpConnectorFuture::new(async move {
+            let sent = http.execute(request);
+            let response = match read_timeout {
+                Some(limit) => tokio::time::timeout(limit, sent)
+                    .await
+                    .map_err(|e| ConnectorError::timeout(e.into()))?,
+                None => sent.await,
+            }
+            .map_err(connector_error)?;
+            let response = lambda_http::http::Response::from(response);
+            HttpResponse::try_from(response.map(SdkBody::from_body_1_x))
+                .map_err(|e| ConnectorError::other(e.into(), None))
+        })
+    }
+}
+
+/// How the SDK (and the store's retries) should take a failed call: a timeout or a broken
+/// connection is worth another attempt, a request that could not be built is not.
+fn connector_error(err: reqwest::Error) -> ConnectorError {
+    if err.is_timeout() {
+        ConnectorError::timeout(err.into())
+    } else if err.is_builder() {
+        ConnectorError::user(err.into())
+    } else if err.is_connect() {
+        ConnectorError::io(err.into()).never_connected()
+    } else {
+        ConnectorError::io(err.into())
+    }
 }
 
 /// A variable the environment providers would take (set and not blank).

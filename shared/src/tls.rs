@@ -12,17 +12,15 @@
 //! test below: Amazon Trust Services (every AWS endpoint) and Google Trust Services
 //! (`generativelanguage.googleapis.com`).
 //!
-//! The AWS SDK's client gets only Amazon Trust Services' roots (Amazon Root CA 1–4 and
-//! the Starfield root that cross-signs them), the CAs of every AWS service endpoint since
-//! AWS moved them all to its own certificates. It takes roots only as PEM, which it then
-//! decodes and parses again: the whole set cost ~2 ms of CPU at every cold start (a
-//! function's init went from ~6 to ~4 ms), five roots cost next to nothing. Pointing the
-//! SDK at a TLS endpoint under another CA (a proxy in front of DynamoDB) would need those
-//! roots added here. Gemini's client keeps the whole set: its base URL is configurable.
+//! The AWS SDK's calls (made through reqwest too, see [`crate::aws`]) trust only Amazon
+//! Trust Services' roots (Amazon Root CA 1–4 and the Starfield root that cross-signs
+//! them), the CAs of every AWS service endpoint since AWS moved them all to its own
+//! certificates. Pointing the SDK at a TLS endpoint under another CA (a proxy in front of
+//! DynamoDB) would need those roots added here. Gemini's client keeps the whole set: its
+//! base URL is configurable.
 
 use std::sync::Arc;
 
-use base64::Engine;
 use rustls::{ClientConfig, RootCertStore, pki_types::CertificateDer};
 
 /// The trusted roots, as DER.
@@ -32,33 +30,47 @@ pub fn roots() -> &'static [CertificateDer<'static>] {
 
 /// The roots as a store rustls verifies against.
 pub fn root_store() -> RootCertStore {
+    store(roots().iter())
+}
+
+fn store<'a>(certs: impl Iterator<Item = &'a CertificateDer<'static>>) -> RootCertStore {
     let mut store = RootCertStore::empty();
-    store.add_parsable_certificates(roots().iter().cloned());
+    store.add_parsable_certificates(certs.cloned());
     store
 }
 
 /// A TLS client configuration on [`root_store`], ring as its crypto provider, offering
-/// HTTP/1.1 (the only HTTP version the clients here speak).
+/// HTTP/1.1 (the only HTTP version the clients here speak): Gemini's.
 pub fn client_config() -> ClientConfig {
+    config(root_store())
+}
+
+/// The same on Amazon Trust Services' roots only: the AWS SDK's.
+pub fn aws_client_config() -> ClientConfig {
+    config(aws_root_store())
+}
+
+fn config(roots: RootCertStore) -> ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports rustls's default protocol versions")
-        .with_root_certificates(root_store())
+        .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config
 }
 
-/// Amazon Trust Services' roots (and Starfield's, which cross-signs them), as PEM (the
-/// AWS SDK's HTTPS client takes its trust store in no other form): what every AWS service
-/// endpoint's certificate chains to, and all that client is given (see the module's notes).
-pub fn aws_roots_pem() -> String {
+/// Amazon Trust Services' roots (and Starfield's, which cross-signs them): what every AWS
+/// service endpoint's certificate chains to (see the module's notes).
+fn aws_root_store() -> RootCertStore {
     // A root's name is in its DER (as subject and as issuer); no other root names these.
     let names = AWS_ROOTS.map(memchr::memmem::Finder::new);
-    pem(roots()
-        .iter()
-        .filter(|cert| names.iter().any(|name| name.find(cert.as_ref()).is_some())))
+    store(
+        roots()
+            .iter()
+            .filter(|cert| names.iter().any(|name| name.find(cert.as_ref()).is_some())),
+    )
 }
 
 /// Amazon Root CA 1 to 4, and the Starfield root that cross-signs them.
@@ -66,17 +78,6 @@ const AWS_ROOTS: [&str; 2] = [
     "Amazon Root CA ",
     "Starfield Services Root Certificate Authority - G2",
 ];
-
-fn pem<'a>(certs: impl Iterator<Item = &'a CertificateDer<'static>>) -> String {
-    let base64 = base64::engine::general_purpose::STANDARD;
-    let mut pem = String::new();
-    for cert in certs {
-        pem.push_str("-----BEGIN CERTIFICATE-----\n");
-        pem.push_str(&base64.encode(cert.as_ref()));
-        pem.push_str("\n-----END CERTIFICATE-----\n");
-    }
-    pem
-}
 
 #[cfg(test)]
 mod tests {
@@ -114,31 +115,19 @@ mod tests {
     }
 
     #[test]
-    fn every_root_parses_and_the_pem_form_holds_the_same_roots() {
-        let store = root_store();
+    fn every_root_parses() {
         assert_eq!(
-            store.len(),
+            root_store().len(),
             roots().len(),
             "a compiled-in root did not parse"
         );
-        let from_pem: Vec<CertificateDer<'static>> =
-            rustls::pki_types::pem::PemObject::pem_slice_iter(pem(roots().iter()).as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("valid PEM");
-        assert_eq!(from_pem, roots());
     }
 
     /// Amazon Root CA 1 to 4 and the Starfield root, and nothing else: a name match that
     /// went wrong would either leave AWS endpoints untrusted or hand the SDK the whole set.
     #[test]
     fn the_aws_client_trusts_amazon_trust_services_roots_only() {
-        let certs: Vec<CertificateDer<'static>> =
-            rustls::pki_types::pem::PemObject::pem_slice_iter(aws_roots_pem().as_bytes())
-                .collect::<Result<_, _>>()
-                .expect("valid PEM");
-        let mut store = RootCertStore::empty();
-        store.add_parsable_certificates(certs);
-        let mut subjects = subjects(&store);
+        let mut subjects = subjects(&aws_root_store());
         subjects.sort();
         let expected = [
             "Amazon Root CA 1",
