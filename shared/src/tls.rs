@@ -1,31 +1,33 @@
 //! The roots every outbound HTTPS call trusts — Gemini's (reqwest) and AWS's (the SDK's
-//! client) — and the TLS client configuration built on them: rustls with ring.
+//! calls, through reqwest too, see [`crate::aws`]) — and the TLS client configuration
+//! built on them: rustls with ring.
 //!
-//! The roots are Mozilla's root program (the `webpki-root-certs` crate, generated from
-//! the CCADB), compiled into the binary rather than read from the system store. Reading
-//! the system store was most of a function's cold start: the SDK's client and reqwest each
-//! read it (a bundle and ~150 files of PEM, base64-decoded), 3–10 ms apiece on the bench
-//! machine against 0.1 ms to parse the compiled-in set. The system store on Lambda is
-//! built from the same Mozilla list; what differs is who keeps it current: the compiled-in
-//! set moves with `cargo update -p webpki-root-certs` and a deploy, where the system store
-//! moves with Lambda's base image. The two services' roots are in it and checked by a
-//! test below: Amazon Trust Services (every AWS endpoint) and Google Trust Services
-//! (`generativelanguage.googleapis.com`).
+//! The roots are Mozilla's root program (the `webpki-roots` crate, generated from the
+//! CCADB), compiled into the binary as trust anchors rustls takes as they are, rather than
+//! read from the system store. Reading the system store was most of a function's cold
+//! start: the SDK's client and reqwest each read it (a bundle and ~150 files of PEM,
+//! base64-decoded), 3–10 ms apiece on the bench machine. Compiled in as certificates
+//! (`webpki-root-certs`), they still had to be parsed at every cold start: 0.57 M
+//! instructions, a quarter of the chat function's init (callgrind); as anchors, none. The
+//! system store on Lambda is built from the same Mozilla list; what differs is who keeps it
+//! current: the compiled-in set moves with `cargo update -p webpki-roots` and a deploy,
+//! where the system store moves with Lambda's base image. The two services' roots are in
+//! it and checked by a test below: Amazon Trust Services (every AWS endpoint) and Google
+//! Trust Services (`generativelanguage.googleapis.com`).
 //!
-//! The AWS SDK's calls (made through reqwest too, see [`crate::aws`]) trust only Amazon
-//! Trust Services' roots (Amazon Root CA 1–4 and the Starfield root that cross-signs
-//! them), the CAs of every AWS service endpoint since AWS moved them all to its own
-//! certificates. Pointing the SDK at a TLS endpoint under another CA (a proxy in front of
-//! DynamoDB) would need those roots added here. Gemini's client keeps the whole set: its
-//! base URL is configurable.
+//! The AWS SDK's calls trust only Amazon Trust Services' roots (Amazon Root CA 1–4 and the
+//! Starfield root that cross-signs them), the CAs of every AWS service endpoint since AWS
+//! moved them all to its own certificates. Pointing the SDK at a TLS endpoint under another
+//! CA (a proxy in front of DynamoDB) would need those roots added here. Gemini's client
+//! keeps the whole set: its base URL is configurable.
 
 use std::sync::Arc;
 
-use rustls::{ClientConfig, RootCertStore, pki_types::CertificateDer};
+use rustls::{ClientConfig, RootCertStore, pki_types::TrustAnchor};
 
-/// The trusted roots, as DER.
-pub fn roots() -> &'static [CertificateDer<'static>] {
-    webpki_root_certs::TLS_SERVER_ROOT_CERTS
+/// The trusted roots.
+pub fn roots() -> &'static [TrustAnchor<'static>] {
+    webpki_roots::TLS_SERVER_ROOTS
 }
 
 /// The roots as a store rustls verifies against.
@@ -33,10 +35,10 @@ pub fn root_store() -> RootCertStore {
     store(roots().iter())
 }
 
-fn store<'a>(certs: impl Iterator<Item = &'a CertificateDer<'static>>) -> RootCertStore {
-    let mut store = RootCertStore::empty();
-    store.add_parsable_certificates(certs.cloned());
-    store
+fn store<'a>(anchors: impl Iterator<Item = &'a TrustAnchor<'static>>) -> RootCertStore {
+    RootCertStore {
+        roots: anchors.cloned().collect(),
+    }
 }
 
 /// A TLS client configuration on [`root_store`], ring as its crypto provider, offering
@@ -64,13 +66,13 @@ fn config(roots: RootCertStore) -> ClientConfig {
 /// Amazon Trust Services' roots (and Starfield's, which cross-signs them): what every AWS
 /// service endpoint's certificate chains to (see the module's notes).
 fn aws_root_store() -> RootCertStore {
-    // A root's name is in its DER (as subject and as issuer); no other root names these.
+    // A root's name is in its subject's DER; no other root names these.
     let names = AWS_ROOTS.map(memchr::memmem::Finder::new);
-    store(
-        roots()
+    store(roots().iter().filter(|anchor| {
+        names
             .iter()
-            .filter(|cert| names.iter().any(|name| name.find(cert.as_ref()).is_some())),
-    )
+            .any(|name| name.find(anchor.subject.as_ref()).is_some())
+    }))
 }
 
 /// Amazon Root CA 1 to 4, and the Starfield root that cross-signs them.
@@ -114,13 +116,18 @@ mod tests {
         }
     }
 
+    /// Anchors taken as they are must still be what rustls would make of the roots:
+    /// each one's subject a DER name, and the set Mozilla's (well over 100 roots).
     #[test]
-    fn every_root_parses() {
-        assert_eq!(
-            root_store().len(),
-            roots().len(),
-            "a compiled-in root did not parse"
-        );
+    fn the_compiled_in_anchors_are_a_whole_root_set() {
+        let store = root_store();
+        assert!(store.len() > 100, "only {} roots", store.len());
+        for anchor in &store.roots {
+            // The Name's contents: its first relative distinguished name, a DER SET.
+            let subject = anchor.subject.as_ref();
+            assert_eq!(subject.first(), Some(&0x31), "{subject:?}");
+            assert!(!anchor.subject_public_key_info.is_empty());
+        }
     }
 
     /// Amazon Root CA 1 to 4 and the Starfield root, and nothing else: a name match that
