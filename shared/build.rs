@@ -30,9 +30,10 @@ const TYPES: &[(&str, &str)] = &[
 ];
 
 fn main() {
-    let root = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap()).join("../page");
+    let repo = Path::new(&env::var("CARGO_MANIFEST_DIR").unwrap()).join("..");
+    let root = repo.join("page");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    openapi(&root.join("../openapi.yaml"), &out.join("openapi.json"));
+    openapi(&repo.join("openapi.yaml"), &out.join("openapi.json"));
     println!("cargo::rerun-if-changed={}", root.display());
 
     let mut sources = Vec::new();

@@ -18,19 +18,22 @@ pub fn init() {
         std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
         std::env::var("RUST_LOG").ok().as_deref(),
     );
-    let format = fmt::layer().with_target(false).without_time();
-    // `try_init`: a second call (tests that start several apps in one process) keeps the first.
-    let _ = if json {
-        tracing_subscriber::registry()
-            .with(format.json())
-            .with(filter)
-            .try_init()
-    } else {
-        tracing_subscriber::registry()
-            .with(format)
-            .with(filter)
-            .try_init()
-    };
+    // One of the two formats; `try_init`: a second call (tests that start several apps in
+    // one process) keeps the first.
+    let _ = tracing_subscriber::registry()
+        .with(json.then(|| format().json()))
+        .with((!json).then(format))
+        .with(filter)
+        .try_init();
+}
+
+/// Lines without a time stamp (Lambda adds one) or the event's target.
+fn format<S>()
+-> fmt::Layer<S, fmt::format::DefaultFields, fmt::format::Format<fmt::format::Full, ()>>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fmt::layer().with_target(false).without_time()
 }
 
 /// Lambda's log level (`TRACE` ... `ERROR`, `FATAL`) when it is set; otherwise `RUST_LOG`'s
@@ -39,9 +42,11 @@ pub fn init() {
 fn filter(lambda_level: Option<&str>, rust_log: Option<&str>) -> Targets {
     let level = |l: tracing::Level| Targets::new().with_default(l);
     if let Some(value) = lambda_level {
-        return match value.trim().to_ascii_uppercase().as_str() {
-            "FATAL" => level(tracing::Level::ERROR),
-            other => other.parse().map_or(level(DEFAULT_LEVEL), level),
+        let value = value.trim();
+        return if value.eq_ignore_ascii_case("FATAL") {
+            level(tracing::Level::ERROR)
+        } else {
+            value.parse().map_or(level(DEFAULT_LEVEL), level)
         };
     }
     rust_log
