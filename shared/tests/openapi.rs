@@ -13,6 +13,7 @@ use serde_json::Value;
 const SPEC: &str = include_str!("../../openapi.yaml");
 const TEMPLATE: &str = include_str!("../../template.yaml");
 const WORKSPACE: &str = include_str!("../../Cargo.toml");
+const MAKEFILE: &str = include_str!("../../Makefile");
 const ERRORS: &str = include_str!("../src/error.rs");
 
 fn spec() -> Value {
@@ -62,7 +63,7 @@ fn template_routes() -> BTreeMap<String, String> {
         let Some(events) = resource["Properties"]["Events"].as_mapping() else {
             continue;
         };
-        let binary = resource["Metadata"]["BuildProperties"]["Binary"]
+        let binary = resource["Metadata"]["Binary"]
             .as_str()
             .expect("a function with API events names its binary");
         for ev in events.values() {
@@ -208,4 +209,38 @@ fn collect_codes(node: &Value, out: &mut BTreeSet<String>) {
         Value::Array(items) => items.iter().for_each(|v| collect_codes(v, out)),
         _ => {}
     }
+}
+
+/// `sam build` runs the Makefile's `build-<logical id>` target for each function: every
+/// function has one, it builds the binary the template names (the one the routes above
+/// are checked against), and for the architecture the template deploys.
+#[test]
+fn the_makefile_builds_each_function_as_the_template_names_it() {
+    let doc: serde_norway::Value = serde_norway::from_str(TEMPLATE).expect("template.yaml");
+    assert_eq!(
+        doc["Globals"]["Function"]["Architectures"][0].as_str(),
+        Some("arm64")
+    );
+    assert!(MAKEFILE.contains("TARGET := aarch64-unknown-linux-musl\n"));
+    let mut built = BTreeSet::new();
+    for (id, resource) in doc["Resources"].as_mapping().expect("Resources") {
+        if resource["Type"].as_str() != Some("AWS::Serverless::Function") {
+            continue;
+        }
+        let id = id.as_str().expect("a logical id");
+        assert_eq!(
+            resource["Metadata"]["BuildMethod"].as_str(),
+            Some("makefile")
+        );
+        let binary = resource["Metadata"]["Binary"]
+            .as_str()
+            .expect("a function names its binary");
+        let rule = format!("build-{id}:\n\t$(call function,{binary})\n");
+        assert!(MAKEFILE.contains(&rule), "the Makefile has no `{rule}`");
+        built.insert(binary.to_owned());
+    }
+    assert_eq!(
+        built,
+        BTreeSet::from(["chat", "login", "register", "tokens"].map(String::from))
+    );
 }

@@ -301,7 +301,7 @@ fn template_env(binary: &str) -> Vec<(&'static str, String)> {
         .as_mapping()
         .into_iter()
         .flat_map(|resources| resources.values())
-        .find(|r| r["Metadata"]["BuildProperties"]["Binary"].as_str() == Some(binary));
+        .find(|r| r["Metadata"]["Binary"].as_str() == Some(binary));
     let mut env = vec![("AWS_LAMBDA_FUNCTION_NAME", binary.to_owned())];
     let Some(function) = function else {
         env.push(("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128".to_owned()));
